@@ -1,0 +1,224 @@
+/**
+ * The configuration file schema (tokenmeter.yaml), DESIGN.md §2–§9. Every object is strict:
+ * an unknown key is an error, because a typo (`mutliplier:`) would otherwise silently do nothing.
+ * Loading, precedence and file:line error messages live in ./load.ts.
+ */
+import { z } from 'zod';
+
+/** "30s", "5m", "2h", "1d", "250ms" or a number of milliseconds. */
+export const Duration = z.union([
+  z.number().int().nonnegative(),
+  z
+    .string()
+    .regex(/^\d+(\.\d+)?(ms|s|m|h|d)$/, 'expected a duration like 250ms, 30s, 5m, 2h or 1d')
+    .transform(parseDurationMs),
+]);
+
+export function parseDurationMs(s: string): number {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)$/.exec(s);
+  if (!m) throw new Error(`not a duration: ${s}`);
+  const n = Number(m[1]);
+  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[
+    m[2] as 'ms' | 's' | 'm' | 'h' | 'd'
+  ];
+  return Math.round(n * unit);
+}
+
+/** "32MiB", "8MiB", "512KiB", "1GiB" or a number of bytes. */
+export const ByteSize = z.union([
+  z.number().int().nonnegative(),
+  z
+    .string()
+    .regex(/^\d+(B|KiB|MiB|GiB)$/, 'expected a size like 512KiB, 8MiB or 1GiB')
+    .transform((s) => {
+      const m = /^(\d+)(B|KiB|MiB|GiB)$/.exec(s)!;
+      return Number(m[1]) * { B: 1, KiB: 1024, MiB: 1024 ** 2, GiB: 1024 ** 3 }[m[2] as 'B'];
+    }),
+]);
+
+/** A positive exact decimal, kept as a string so no float ever touches money. */
+export const Decimal = z
+  .union([z.number(), z.string()])
+  .transform((v) => (typeof v === 'number' ? numberToDecimalString(v) : v.trim()))
+  .refine((s) => /^\d+(\.\d+)?$/.test(s), 'expected a non-negative decimal number such as 0.8');
+
+/** YAML numbers arrive as JS numbers; their shortest round-trip string is the decimal the user wrote. */
+export function numberToDecimalString(n: number): string {
+  if (!Number.isFinite(n)) return String(n);
+  const s = String(n);
+  if (!/e/i.test(s)) return s;
+  // 1e-7 style: expand without float arithmetic.
+  const [mant, expStr] = s.toLowerCase().split('e') as [string, string];
+  const exp = Number(expStr);
+  const neg = mant.startsWith('-');
+  const digits = mant.replace('-', '').replace('.', '');
+  const pointAt =
+    (mant.replace('-', '').indexOf('.') === -1
+      ? mant.replace('-', '').length
+      : mant.replace('-', '').indexOf('.')) + exp;
+  let out: string;
+  if (pointAt <= 0) out = '0.' + '0'.repeat(-pointAt) + digits;
+  else if (pointAt >= digits.length) out = digits + '0'.repeat(pointAt - digits.length);
+  else out = digits.slice(0, pointAt) + '.' + digits.slice(pointAt);
+  return (neg ? '-' : '') + out;
+}
+
+const Name = z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/, 'use letters, digits, _ . - (at most 64)');
+const Currency = z.string().regex(/^[A-Z]{3}$/, 'expected an ISO 4217 code such as CNY or USD');
+
+export const UpstreamConfig = z
+  .object({
+    name: Name,
+    url: z.string().url(),
+    /** Extra headers sent to this upstream (e.g. a gateway group header). Values never logged. */
+    headers: z.record(z.string()).optional(),
+    /** Connect timeout (TCP+TLS) and idle timeout (no byte from upstream for this long). */
+    connect_timeout: Duration.optional(),
+    idle_timeout: Duration.optional(),
+    /** Path prefix on tokenmeter that selects this upstream; stripped before forwarding. */
+    prefix: z
+      .string()
+      .regex(/^\/[^?#]*$/, 'a path starting with /')
+      .optional(),
+    /** Add stream_options.include_usage to streamed chat requests and hide the extra chunk (§3.3). */
+    inject_usage: z.boolean().optional(),
+    /** Gateway discount or group ratio, e.g. 0.8 for "8折". Part of the multiplier stack (§5.2). */
+    multiplier: Decimal.optional(),
+    /** Use a cost the gateway reports in its response as the record's cost (§5.3). */
+    trust_reported_cost: z.boolean().optional(),
+    /** Poll the gateway's balance endpoint (seed 004 `GET /v1/balance`). */
+    balance: z
+      .union([
+        z.boolean(),
+        z
+          .object({
+            path: z.string().optional(),
+            interval: Duration.optional(),
+            /** Header value used to authenticate the poll; supports ${ENV_VAR}. */
+            api_key: z.string().optional(),
+          })
+          .strict(),
+      ])
+      .optional(),
+    /** App attributed to requests through this upstream when nothing more specific matches. */
+    app: Name.optional(),
+  })
+  .strict();
+
+export const RouteConfig = z
+  .object({
+    model: z.string().optional(),
+    prefix: z
+      .string()
+      .regex(/^\/[^?#]*$/, 'a path starting with /')
+      .optional(),
+    upstream: Name,
+    app: Name.optional(),
+  })
+  .strict()
+  .refine((r) => r.model !== undefined || r.prefix !== undefined, {
+    message: 'a route needs `model` (a glob) or `prefix` (a path)',
+  });
+
+export const BudgetConfig = z
+  .object({
+    name: Name,
+    scope: z
+      .object({ app: z.string().optional(), model: z.string().optional(), upstream: z.string().optional() })
+      .strict()
+      .default({}),
+    period: z.enum(['day', 'week', 'month']),
+    limit: Decimal,
+    currency: Currency,
+    /** IANA time zone for period boundaries; default UTC. */
+    timezone: z.string().optional(),
+    warn_at: z.array(z.number().gt(0).lte(1)).default([0.5, 0.8]),
+    action: z.enum(['alert', 'block']).default('alert'),
+  })
+  .strict();
+
+export const FxRate = z
+  .object({
+    from: Currency,
+    to: Currency,
+    rate: Decimal,
+    /** Date from which this rate applies (YYYY-MM-DD); the latest rate on or before a record's day is used. */
+    date: z
+      .string()
+      .regex(/^\d{4}-\d{2}-\d{2}$/, 'expected YYYY-MM-DD')
+      .optional(),
+  })
+  .strict();
+
+export const ConfigFile = z
+  .object({
+    host: z.string().optional(),
+    port: z.number().int().min(0).max(65535).optional(),
+    log_level: z.enum(['debug', 'info', 'warn', 'error', 'silent']).optional(),
+    /** Bearer token required for /metrics and admin endpoints (recommended when not on 127.0.0.1). */
+    auth_token: z.string().optional(),
+    /** HMAC secret for key fingerprints; default: generated once and kept in the DB's meta table. */
+    key_salt: z.string().min(16, 'use at least 16 characters').optional(),
+
+    db: z.union([z.string(), z.literal(false)]).optional(),
+    retention_days: z.number().int().positive().optional(),
+    audit: z
+      .object({
+        queue_size: z.number().int().positive().optional(),
+        batch_size: z.number().int().positive().optional(),
+        flush_interval: Duration.optional(),
+        capture_bodies: z.boolean().optional(),
+        capture_max_bytes: ByteSize.optional(),
+        redact_patterns: z.array(z.string()).optional(),
+      })
+      .strict()
+      .optional(),
+
+    prices: z.array(z.string()).optional(),
+    presets: z.boolean().optional(),
+    multipliers: z
+      .object({
+        upstream: z.record(Decimal).optional(),
+        app: z.record(Decimal).optional(),
+        model: z.record(Decimal).optional(),
+      })
+      .strict()
+      .optional(),
+    fx: z.array(FxRate).optional(),
+    report_currency: Currency.optional(),
+
+    upstreams: z.array(UpstreamConfig).optional(),
+    routes: z.array(RouteConfig).optional(),
+    /** key fingerprint (`tokenmeter key-id <key>`) → app name. */
+    apps: z.record(Name).optional(),
+
+    budgets: z.array(BudgetConfig).optional(),
+
+    limits: z
+      .object({
+        max_request_body: ByteSize.optional(),
+        max_event_bytes: ByteSize.optional(),
+        max_models: z.number().int().positive().optional(),
+        max_apps: z.number().int().positive().optional(),
+        connect_timeout: Duration.optional(),
+        idle_timeout: Duration.optional(),
+        shutdown_grace: Duration.optional(),
+      })
+      .strict()
+      .optional(),
+
+    traces: z
+      .object({
+        /** Put prompt/response content on spans. Off by default; never enable with sensitive data. */
+        capture_content: z.boolean().optional(),
+      })
+      .strict()
+      .optional(),
+  })
+  .strict();
+
+export type ConfigFile = z.infer<typeof ConfigFile>;
+export type UpstreamConfig = z.infer<typeof UpstreamConfig>;
+export type RouteConfig = z.infer<typeof RouteConfig>;
+export type BudgetConfig = z.infer<typeof BudgetConfig>;
+export type FxRate = z.infer<typeof FxRate>;

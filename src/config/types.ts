@@ -1,0 +1,94 @@
+/**
+ * The effective settings after precedence (flag > env > config file > default, DESIGN.md §2).
+ * Built by ./load.ts; every other part receives the slice it needs and never reads env or files.
+ */
+import type { BudgetConfig, FxRate, RouteConfig } from './schema.js';
+
+export type LogLevel = 'debug' | 'info' | 'warn' | 'error' | 'silent';
+
+export interface UpstreamSettings {
+  name: string;
+  url: URL;
+  headers: Record<string, string>;
+  connectTimeoutMs: number;
+  idleTimeoutMs: number;
+  prefix?: string;
+  injectUsage: boolean;
+  /** Exact decimal string, e.g. "0.8"; undefined = 1. */
+  multiplier?: string;
+  trustReportedCost: boolean;
+  balance?: { path: string; intervalMs: number; apiKey?: string };
+  app?: string;
+}
+
+export interface Settings {
+  /** The config file actually loaded, if any. */
+  configFile?: string;
+  host: string;
+  port: number;
+  logLevel: LogLevel;
+  authToken?: string;
+  keySalt?: string;
+  /** SQLite path, ':memory:', or null when the audit sink is disabled (--no-db). */
+  db: string | null;
+  retentionDays: number;
+  audit: {
+    queueSize: number;
+    batchSize: number;
+    flushIntervalMs: number;
+    captureBodies: boolean;
+    captureMaxBytes: number;
+    redactPatterns: string[];
+  };
+  /** User price files, in order (they overlay the presets). */
+  priceFiles: string[];
+  /** Whether the bundled presets under prices/ are loaded. */
+  presets: boolean;
+  multipliers: {
+    upstream: Record<string, string>;
+    app: Record<string, string>;
+    model: Record<string, string>;
+  };
+  fx: FxRate[];
+  reportCurrency?: string;
+  upstreams: UpstreamSettings[];
+  routes: RouteConfig[];
+  apps: Record<string, string>;
+  budgets: BudgetConfig[];
+  limits: {
+    maxRequestBody: number;
+    maxEventBytes: number;
+    maxModels: number;
+    maxApps: number;
+    shutdownGraceMs: number;
+  };
+  traces: { captureContent: boolean };
+}
+
+export const DEFAULTS = {
+  host: '127.0.0.1',
+  port: 4000,
+  logLevel: 'info' as LogLevel,
+  db: './tokenmeter.db',
+  configFile: './tokenmeter.yaml',
+  retentionDays: 90,
+  connectTimeoutMs: 10_000,
+  idleTimeoutMs: 300_000,
+  audit: {
+    queueSize: 10_000,
+    batchSize: 500,
+    flushIntervalMs: 100,
+    captureBodies: false,
+    captureMaxBytes: 64 * 1024,
+    redactPatterns: [] as string[],
+  },
+  limits: {
+    maxRequestBody: 32 * 1024 * 1024,
+    maxEventBytes: 8 * 1024 * 1024,
+    maxModels: 100,
+    maxApps: 50,
+    shutdownGraceMs: 10_000,
+  },
+  balanceIntervalMs: 300_000,
+  balancePath: '/v1/balance',
+} as const;

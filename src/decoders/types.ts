@@ -1,0 +1,40 @@
+import type { Operation, Usage } from '../record.js';
+import type { SseEvent } from '../sse/types.js';
+
+/** What a decoder learned from one response. Pure data: no I/O happened to produce it. */
+export interface DecodedResponse {
+  /** Usage as reported by the upstream (fields absent = not reported). */
+  usage: Usage;
+  /** True when the upstream reported a usage object that we accepted as the final figure. */
+  usageReported: boolean;
+  responseModel?: string;
+  /** Normalised to OpenAI values (stop, length, tool_calls, content_filter, ...). */
+  finishReason?: string;
+  /** An error seen inside a 2xx body or stream (`data: {"error":…}`, MiniMax base_resp). */
+  streamError?: { message: string; code?: string };
+  /** The generated text seen so far, for local token estimation when usage is missing. */
+  outputText: string;
+  /** A cost the upstream stated in the body, in its own currency units, as a decimal string. */
+  upstreamCost?: { amount: string; currency?: string };
+  upstreamRequestId?: string;
+}
+
+/**
+ * One per request. Fed either parsed SSE events (streamed responses) or the whole decoded body
+ * (non-streamed). Never throws for malformed input: it records what it could not understand.
+ */
+export interface UsageDecoder {
+  readonly operation: Operation;
+  onEvent(event: SseEvent): void;
+  onBody(body: string): void;
+  result(): DecodedResponse;
+}
+
+/** What a decoder may know about the request (parsed once by the proxy, capped). */
+export interface DecoderRequestInfo {
+  operation: Operation;
+  model?: string;
+  stream: boolean;
+  /** The parsed JSON request body, if it was JSON and within the metering cap. */
+  body?: unknown;
+}
