@@ -38,3 +38,18 @@ export interface DecoderRequestInfo {
   /** The parsed JSON request body, if it was JSON and within the metering cap. */
   body?: unknown;
 }
+
+/** Rate-limit state parsed from response headers (x-ratelimit-*, retry-after), §4.4. */
+export interface RateLimitWindow {
+  limit?: number;
+  remaining?: number;
+  /** Milliseconds until the window resets, when stated. */
+  resetMs?: number;
+}
+
+export interface RateLimitInfo {
+  requests: RateLimitWindow;
+  tokens: RateLimitWindow;
+  /** From `retry-after` (seconds or HTTP date), in milliseconds. */
+  retryAfterMs?: number;
+}
