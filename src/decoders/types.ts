@@ -14,6 +14,8 @@ export interface DecodedResponse {
   streamError?: { message: string; code?: string };
   /** The generated text seen so far, for local token estimation when usage is missing. */
   outputText: string;
+  /** Characters of generated text beyond the kept cap (memory bound); estimation extrapolates them. */
+  outputTextDroppedChars?: number;
   /** A cost the upstream stated in the body, in its own currency units, as a decimal string. */
   upstreamCost?: { amount: string; currency?: string };
   upstreamRequestId?: string;

@@ -1,0 +1,184 @@
+/**
+ * Anthropic Messages (`{base}/messages`; seed 004 "Messages (Anthropic Compatible)",
+ * docs.anthropic.com/en/docs/build-with-claude/streaming).
+ *
+ * Stream usage = `message_start.message.usage` merged with every `message_delta.usage`. The
+ * delta's counts are cumulative, and newer APIs repeat `input_tokens` / cache fields in it:
+ * a later value REPLACES an earlier one field by field, never adds to it.
+ * `input_tokens` EXCLUDES `cache_read_input_tokens` and `cache_creation_input_tokens`; the
+ * latter may be split by TTL in `cache_creation.ephemeral_5m_input_tokens` /
+ * `ephemeral_1h_input_tokens` (docs.anthropic.com, "Prompt caching" → "1-hour cache duration").
+ *
+ * `message_start` carries a placeholder `output_tokens` (0 or 1); until a `message_delta`
+ * arrives the output figure is not known, so a stream cut before it is reported with its
+ * input fields but without output and with `usageReported: false` (the meter then estimates).
+ */
+import type { Usage } from '../record.js';
+import type { SseEvent } from '../sse/types.js';
+import {
+  buildResult,
+  costFrom,
+  count,
+  errorFrom,
+  normaliseFinishReason,
+  obj,
+  parseJson,
+  str,
+  TextSink,
+  type JsonObject,
+} from './shared.js';
+import type { DecodedResponse, UsageDecoder } from './types.js';
+
+interface AnthropicCounts {
+  input?: number;
+  cacheRead?: number;
+  cacheCreation?: number;
+  cache5m?: number;
+  cache1h?: number;
+  output?: number;
+}
+
+function readCounts(raw: JsonObject): AnthropicCounts {
+  const creation = obj(raw.cache_creation);
+  return {
+    input: count(raw.input_tokens),
+    cacheRead: count(raw.cache_read_input_tokens),
+    cacheCreation: count(raw.cache_creation_input_tokens),
+    cache5m: count(creation?.ephemeral_5m_input_tokens),
+    cache1h: count(creation?.ephemeral_1h_input_tokens),
+    output: count(raw.output_tokens),
+  };
+}
+
+/** Field-by-field replacement: a later cumulative report wins where it states a value. */
+function mergeCounts(into: AnthropicCounts, from: AnthropicCounts): void {
+  for (const key of Object.keys(from) as (keyof AnthropicCounts)[]) {
+    const v = from[key];
+    if (v !== undefined) into[key] = v;
+  }
+}
+
+export function partitionAnthropicUsage(c: AnthropicCounts, outputKnown: boolean): Usage {
+  // cache_creation_input_tokens is the total; the TTL split, when given, must agree with it.
+  const cacheWrite =
+    c.cacheCreation ??
+    (c.cache5m !== undefined && c.cache1h !== undefined ? c.cache5m + c.cache1h : undefined);
+  return {
+    input: c.input,
+    cacheRead: c.cacheRead,
+    cacheWrite,
+    cacheWrite1h: c.cache1h,
+    output: outputKnown ? c.output : undefined,
+  };
+}
+
+export class AnthropicMessagesDecoder implements UsageDecoder {
+  readonly operation = 'messages' as const;
+  private readonly counts: AnthropicCounts = {};
+  private sawUsage = false;
+  private outputKnown = false;
+  private responseModel: string | undefined;
+  private finishReason: string | undefined;
+  private streamError: DecodedResponse['streamError'];
+  private upstreamCost: DecodedResponse['upstreamCost'];
+  private upstreamRequestId: string | undefined;
+  private readonly text = new TextSink();
+
+  onEvent(event: SseEvent): void {
+    const payload = obj(parseJson(event.data));
+    if (!payload) {
+      if (event.event === 'error' && event.data.trim() !== '')
+        this.streamError = { message: event.data.trim() };
+      return;
+    }
+    switch (str(payload.type) ?? event.event) {
+      case 'message_start': {
+        const message = obj(payload.message);
+        if (!message) break;
+        this.onMessageHeader(message);
+        const usage = obj(message.usage);
+        if (usage) this.addUsage(usage, false);
+        break;
+      }
+      case 'content_block_start': {
+        const block = obj(payload.content_block);
+        this.text.add(block?.text);
+        this.text.add(block?.thinking);
+        break;
+      }
+      case 'content_block_delta': {
+        const delta = obj(payload.delta);
+        this.text.add(delta?.text); // text_delta
+        this.text.add(delta?.thinking); // thinking_delta
+        this.text.add(delta?.partial_json); // input_json_delta (tool use)
+        break;
+      }
+      case 'message_delta': {
+        const finish = normaliseFinishReason(obj(payload.delta)?.stop_reason);
+        if (finish !== undefined) this.finishReason = finish;
+        const usage = obj(payload.usage);
+        if (usage) this.addUsage(usage, true);
+        break;
+      }
+      case 'error':
+        this.streamError = errorFrom(payload.error ?? payload) ?? { message: 'error' };
+        break;
+      default:
+        break;
+    }
+  }
+
+  onBody(body: string): void {
+    const message = obj(parseJson(body));
+    if (!message) return;
+    if (message.type === 'error') {
+      this.streamError = errorFrom(message.error) ?? { message: 'error' };
+      this.upstreamRequestId ??= str(message.request_id);
+      return;
+    }
+    if (message.error !== undefined && message.error !== null) {
+      this.streamError = errorFrom(message.error);
+    }
+    this.onMessageHeader(message);
+    const content = Array.isArray(message.content) ? message.content : [];
+    for (const item of content) {
+      const block = obj(item);
+      if (!block) continue;
+      this.text.add(block.text);
+      this.text.add(block.thinking);
+      if (block.type === 'tool_use' && block.input !== undefined) this.text.add(JSON.stringify(block.input));
+    }
+    const finish = normaliseFinishReason(message.stop_reason);
+    if (finish !== undefined) this.finishReason = finish;
+    const usage = obj(message.usage);
+    if (usage) this.addUsage(usage, true);
+  }
+
+  result(): DecodedResponse {
+    const usage = this.sawUsage ? partitionAnthropicUsage(this.counts, this.outputKnown) : undefined;
+    return buildResult({
+      usage,
+      usageReported: this.sawUsage && this.outputKnown,
+      responseModel: this.responseModel,
+      finishReason: this.finishReason,
+      streamError: this.streamError,
+      outputText: this.text.toString(),
+      outputTextDroppedChars: this.text.dropped,
+      upstreamCost: this.upstreamCost,
+      upstreamRequestId: this.upstreamRequestId,
+    });
+  }
+
+  private onMessageHeader(message: JsonObject): void {
+    this.upstreamRequestId ??= str(message.id);
+    this.responseModel = str(message.model) ?? this.responseModel;
+  }
+
+  private addUsage(raw: JsonObject, final: boolean): void {
+    const counts = readCounts(raw);
+    mergeCounts(this.counts, counts);
+    this.upstreamCost = costFrom(raw.cost) ?? this.upstreamCost;
+    this.sawUsage = true;
+    if (final && counts.output !== undefined) this.outputKnown = true;
+  }
+}
