@@ -22,6 +22,11 @@ export interface PriceResult {
   multiplier: string | null;
   upstream_reported_cost_nanos: number | null;
   upstream_reported_currency: string | null;
+  /**
+   * Our own computation when `cost_source` is `upstream` (the gateway's figure is `cost_nanos`),
+   * kept so drift between the two can be watched (§5.3). Additive; absent otherwise.
+   */
+  computed_cost_nanos?: number | null;
   /** Why the cost is null, when it is. */
   reason?: string;
 }

@@ -1,0 +1,358 @@
+/**
+ * The price book (DESIGN.md §5): finds the price entry in force for a request and computes its
+ * exact cost. Pure after construction: no I/O, no clock (the request's start time is the query's).
+ *
+ *   cost = (Σ tokens_k × price_k / unit + requests × per_request + images × per_image) × Π multipliers
+ *
+ * rounded half-up to nanos once. See docs/pricing.md for the matching order.
+ */
+import type { Settings } from '../config/types.js';
+import type { Logger } from '../log.js';
+import type { Operation, Usage } from '../record.js';
+import { Dec, nanosToSafeNumber, parseDecimal, unitsToNanos } from './money.js';
+import { globToRegExp, PRICE_UNITS, type PriceEntry, type PriceTable } from './table.js';
+import type { PriceBook, PriceQuery, PriceResult } from './types.js';
+
+export interface PricedUpstream {
+  name: string;
+  url: URL;
+  /** Exact decimal string, e.g. "0.8" (the upstream's own `multiplier:`). */
+  multiplier?: string;
+  trustReportedCost: boolean;
+}
+
+export type TableOrigin = 'user' | 'preset';
+
+export interface BookTable {
+  table: PriceTable;
+  origin: TableOrigin;
+}
+
+/** One entry as matched for a request, with the table it came from. */
+export interface PriceMatch {
+  entry: PriceEntry;
+  table: PriceTable;
+  origin: TableOrigin;
+  priceId: string;
+}
+
+interface EntryGroup {
+  model: string;
+  isGlob: boolean;
+  upstream: string | undefined;
+  /** Newest first; an undated entry sorts last (it is in force from the beginning of time). */
+  history: PriceEntry[];
+}
+
+interface IndexedTable extends BookTable {
+  groups: EntryGroup[];
+}
+
+export function priceIdOf(table: PriceTable, entry: PriceEntry): string {
+  const scope = entry.upstream ? `[${entry.upstream}]` : '';
+  return `${table.name}#${entry.model}${scope}@${entry.effectiveFrom ?? 'always'}`;
+}
+
+const MAX_UNPRICED_WARNINGS = 200;
+
+/** Operations whose cost depends on output tokens: an unreported output count makes the cost unknown. */
+const OUTPUT_BILLED: ReadonlySet<Operation> = new Set([
+  'chat',
+  'text_completion',
+  'responses',
+  'messages',
+  'other',
+]);
+
+export class TablePriceBook implements PriceBook {
+  private readonly user: IndexedTable[];
+  private readonly presets: IndexedTable[];
+  private readonly upstreams: Map<string, PricedUpstream>;
+  private readonly unpricedWarned = new Set<string>();
+  private readonly modelMultipliers: Array<{ pattern: string; exact: boolean; re: RegExp; value: Dec }>;
+
+  constructor(
+    /** User files in the order given: a later file overlays an earlier one. */
+    userTables: PriceTable[],
+    /** Preset files; host-scoped (gateway) files are tried before unscoped (reference) ones. */
+    presetTables: PriceTable[],
+    private readonly multipliers: Settings['multipliers'],
+    upstreams: PricedUpstream[],
+    private readonly log?: Logger,
+  ) {
+    this.user = [...userTables].reverse().map((t) => indexTable(t, 'user'));
+    this.presets = [
+      ...presetTables.filter((t) => t.hosts !== undefined),
+      ...presetTables.filter((t) => t.hosts === undefined),
+    ].map((t) => indexTable(t, 'preset'));
+    this.upstreams = new Map(upstreams.map((u) => [u.name, u]));
+    const entries = Object.entries(multipliers.model);
+    this.modelMultipliers = [
+      // Exact names first, then globs in the order written: the first that matches applies.
+      ...entries.filter(([p]) => !/[*?]/.test(p)),
+      ...entries.filter(([p]) => /[*?]/.test(p)),
+    ].map(([pattern, value]) => ({
+      pattern,
+      exact: !/[*?]/.test(pattern),
+      re: globToRegExp(pattern),
+      value: parseDecimal(value),
+    }));
+  }
+
+  /** Every table, in precedence order (user files, gateway presets, reference presets). */
+  allTables(): BookTable[] {
+    return [...this.user, ...this.presets];
+  }
+
+  /** Tables that apply to an upstream, in precedence order (first wins). */
+  tablesFor(upstreamName: string | undefined): BookTable[] {
+    const host = upstreamName ? this.upstreams.get(upstreamName)?.url : undefined;
+    return [...this.user, ...this.presets].filter((t) => appliesToHost(t.table, host));
+  }
+
+  /**
+   * The entry in force for `model` on `upstreamName` at `at`. Tiers, first non-empty wins:
+   * user per-upstream entries, user generic entries, preset per-upstream, preset generic (gateway
+   * presets for the upstream's host before the reference list). Within a tier an exact name beats
+   * a glob, and otherwise the first entry in file order wins.
+   */
+  lookup(model: string, upstreamName: string, at: Date): PriceMatch | undefined {
+    const url = this.upstreams.get(upstreamName)?.url;
+    const atMs = at.getTime();
+    for (const tables of [this.user, this.presets]) {
+      const applicable = tables.filter((t) => appliesToHost(t.table, url));
+      for (const perUpstream of [true, false]) {
+        for (const wantGlob of [false, true]) {
+          for (const t of applicable) {
+            for (const g of t.groups) {
+              if (g.isGlob !== wantGlob) continue;
+              if (perUpstream ? g.upstream !== upstreamName : g.upstream !== undefined) continue;
+              if (!g.history[0]!.matches(model)) continue;
+              const inForce = g.history.find(
+                (e) => e.effectiveFromMs === undefined || e.effectiveFromMs <= atMs,
+              );
+              if (!inForce) continue;
+              return {
+                entry: inForce,
+                table: t.table,
+                origin: t.origin,
+                priceId: priceIdOf(t.table, inForce),
+              };
+            }
+          }
+        }
+      }
+    }
+    return undefined;
+  }
+
+  /** Product of the multiplier stack for a request (§5.2), as an exact decimal. */
+  multiplierFor(upstreamName: string, app: string, model: string | undefined): Dec {
+    let product = new Dec(1);
+    const own = this.upstreams.get(upstreamName)?.multiplier;
+    if (own !== undefined) product = product.times(parseDecimal(own));
+    const byUpstream = this.multipliers.upstream[upstreamName];
+    if (byUpstream !== undefined) product = product.times(parseDecimal(byUpstream));
+    const byApp = this.multipliers.app[app];
+    if (byApp !== undefined) product = product.times(parseDecimal(byApp));
+    if (model !== undefined) {
+      const m = this.modelMultipliers.find((x) => (x.exact ? x.pattern === model : x.re.test(model)));
+      if (m) product = product.times(m.value);
+    }
+    return product;
+  }
+
+  price(query: PriceQuery): PriceResult {
+    const reported = this.reportedCost(query);
+    const upstream = this.upstreams.get(query.upstream);
+    const result = this.computed(query, reported?.currency);
+    if (reported) {
+      result.upstream_reported_cost_nanos = reported.nanos;
+      result.upstream_reported_currency = reported.currency;
+      if (upstream?.trustReportedCost && reported.currency !== null) {
+        // §5.3: the gateway's own figure is the cost; our computation is kept beside it for drift.
+        return {
+          ...result,
+          computed_cost_nanos: result.cost_nanos,
+          cost_nanos: reported.nanos,
+          currency: reported.currency,
+          cost_source: 'upstream',
+          reason: undefined,
+        };
+      }
+    }
+    return result;
+  }
+
+  private computed(query: PriceQuery, reportedCurrency: string | null | undefined): PriceResult {
+    const unpriced = (reason: string, extra: Partial<PriceResult> = {}): PriceResult => ({
+      cost_nanos: null,
+      currency: null,
+      cost_source: 'unpriced',
+      price_id: null,
+      multiplier: null,
+      upstream_reported_cost_nanos: null,
+      upstream_reported_currency: reportedCurrency ?? null,
+      reason,
+      ...extra,
+    });
+    const model = query.model;
+    if (model === undefined || model === '') return unpriced('unpriced: the request names no model');
+    const match = this.lookup(model, query.upstream, query.at);
+    if (!match) {
+      this.warnUnpriced(query.upstream, model);
+      return unpriced(`unpriced: no price entry for model ${model} on upstream ${query.upstream}`);
+    }
+    const multiplier = this.multiplierFor(query.upstream, query.app, model);
+    const base = costInUnits(match, query.usage, query.operation);
+    if ('reason' in base)
+      return unpriced(base.reason, { price_id: match.priceId, multiplier: multiplier.toFixed() });
+    const nanos = nanosToSafeNumber(unitsToNanos(base.units.times(multiplier)));
+    if (nanos === null)
+      return unpriced('cost too large to store exactly', {
+        price_id: match.priceId,
+        multiplier: multiplier.toFixed(),
+      });
+    return {
+      cost_nanos: nanos,
+      currency: match.entry.currency,
+      cost_source: 'computed',
+      price_id: match.priceId,
+      multiplier: multiplier.toFixed(),
+      upstream_reported_cost_nanos: null,
+      upstream_reported_currency: reportedCurrency ?? null,
+    };
+  }
+
+  /**
+   * Warns once per (upstream, model). log.once remembers every key, so the number of distinct
+   * models warned about is capped: a client sending random model names cannot grow memory unbounded.
+   */
+  private warnUnpriced(upstream: string, model: string): void {
+    const key = `${upstream}:${model}`;
+    if (this.unpricedWarned.size >= MAX_UNPRICED_WARNINGS && !this.unpricedWarned.has(key)) {
+      this.log?.once(
+        'unpriced:more',
+        'warn',
+        `more than ${MAX_UNPRICED_WARNINGS} unpriced models: no more warnings`,
+      );
+      return;
+    }
+    this.unpricedWarned.add(key);
+    this.log?.once(`unpriced:${key}`, 'warn', 'no price entry for model; its cost is unknown', {
+      model,
+      upstream,
+    });
+  }
+
+  private reportedCost(query: PriceQuery): { nanos: number | null; currency: string | null } | undefined {
+    const stated = query.upstreamCost;
+    if (!stated) return undefined;
+    let nanos: number | null;
+    try {
+      nanos = nanosToSafeNumber(unitsToNanos(parseDecimal(stated.amount)));
+    } catch {
+      this.log?.once(
+        `reported-cost:${query.upstream}`,
+        'warn',
+        'upstream reported a cost that is not a number',
+        {
+          upstream: query.upstream,
+        },
+      );
+      return undefined;
+    }
+    // A gateway that states no currency bills in the currency of its price table (if we know it).
+    const currency =
+      stated.currency ??
+      (query.model ? this.lookup(query.model, query.upstream, query.at)?.entry.currency : undefined) ??
+      null;
+    return { nanos, currency };
+  }
+}
+
+/**
+ * Σ tokens × price / unit + fees, before multipliers, or the reason it is unknown.
+ * Missing ≠ zero (§4.2): an unreported input count (or output count, for operations that produce
+ * output) makes the cost unknown. Cache, reasoning and image counts that were not reported are
+ * "not reported, nothing billed": OpenAI-shaped usage without cache details has no cached tokens
+ * to bill, and its `input` is then the whole prompt.
+ */
+export function costInUnits(
+  match: Pick<PriceMatch, 'entry' | 'table'>,
+  usage: Usage,
+  operation: Operation,
+): { units: Dec } | { reason: string } {
+  const p = match.entry.prices;
+  const unit = new Dec(PRICE_UNITS[match.table.unit]);
+  const perImageOnly = operation === 'image_generation' && p.per_image !== undefined;
+
+  const missing: string[] = [];
+  if (perImageOnly) {
+    if (usage.images === undefined) missing.push('images');
+  } else {
+    if (usage.input === undefined) missing.push('input');
+    if (usage.output === undefined && OUTPUT_BILLED.has(operation)) missing.push('output');
+  }
+  if (missing.length > 0) {
+    const any = Object.values(usage).some((v) => v !== undefined);
+    return { reason: any ? `usage incomplete: ${missing.join(', ')} not reported` : 'usage missing' };
+  }
+
+  const cacheWrite = usage.cacheWrite ?? usage.cacheWrite1h;
+  const cacheWrite1h = usage.cacheWrite1h ?? 0;
+  if (cacheWrite !== undefined && cacheWrite1h > cacheWrite)
+    return { reason: 'usage inconsistent: cache_write_1h exceeds cache_write' };
+  if (usage.reasoning !== undefined && usage.output !== undefined && usage.reasoning > usage.output)
+    return { reason: 'usage inconsistent: reasoning exceeds output' };
+
+  let perUnit = new Dec(0);
+  const add = (tokens: number | undefined, price: Dec) => {
+    if (tokens !== undefined && tokens !== 0) perUnit = perUnit.plus(new Dec(tokens).times(price));
+  };
+  add(usage.input, p.input);
+  add(usage.cacheRead, p.cache_read);
+  if (cacheWrite !== undefined) {
+    add(cacheWrite - cacheWrite1h, p.cache_write);
+    add(cacheWrite1h, p.cache_write_1h);
+  }
+  if (usage.output !== undefined) {
+    // Reasoning tokens are part of output: bill them separately only when their price differs.
+    if (usage.reasoning !== undefined && !p.reasoning.equals(p.output)) {
+      add(usage.output - usage.reasoning, p.output);
+      add(usage.reasoning, p.reasoning);
+    } else add(usage.output, p.output);
+  }
+  let units = perUnit.div(unit);
+  if (p.per_request !== undefined) units = units.plus(p.per_request.times(usage.requests ?? 1));
+  if (p.per_image !== undefined && usage.images !== undefined)
+    units = units.plus(p.per_image.times(usage.images));
+  return { units };
+}
+
+function indexTable(table: PriceTable, origin: TableOrigin): IndexedTable {
+  const groups: EntryGroup[] = [];
+  const byKey = new Map<string, EntryGroup>();
+  for (const entry of table.entries) {
+    const key = `${entry.model}\u0000${entry.upstream ?? ''}`;
+    let g = byKey.get(key);
+    if (!g) {
+      g = { model: entry.model, isGlob: entry.isGlob, upstream: entry.upstream, history: [] };
+      byKey.set(key, g);
+      groups.push(g);
+    }
+    g.history.push(entry);
+  }
+  for (const g of groups)
+    g.history.sort((a, b) => (b.effectiveFromMs ?? -Infinity) - (a.effectiveFromMs ?? -Infinity));
+  return { table, origin, groups };
+}
+
+/** A host-scoped file applies to an upstream on that host or a subdomain of it. */
+function appliesToHost(table: PriceTable, url: URL | undefined): boolean {
+  if (table.hosts === undefined) return true;
+  if (!url) return false;
+  const hostname = url.hostname.toLowerCase();
+  const host = url.host.toLowerCase();
+  return table.hosts.some((h) => h === host || h === hostname || hostname.endsWith(`.${h}`));
+}
