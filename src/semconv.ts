@@ -121,3 +121,21 @@ export const GEN_AI_OPERATION_NAME = {
   image_generation: 'generate_content',
   other: 'other',
 } as const;
+
+/**
+ * gen_ai.provider.name per wire API. A gateway relays many vendors, so the only thing we know for
+ * sure is which API shape was spoken: the Anthropic Messages API → `anthropic`, everything else
+ * (OpenAI-compatible chat/completions/responses/embeddings/images) → `openai`.
+ */
+export const GEN_AI_PROVIDER_NAME = {
+  chat: 'openai',
+  text_completion: 'openai',
+  responses: 'openai',
+  messages: 'anthropic',
+  embeddings: 'openai',
+  image_generation: 'openai',
+  other: 'openai',
+} as const;
+
+/** gen_ai.token.type values (OTel GenAI semconv). */
+export const GEN_AI_TOKEN_TYPES = ['input', 'output'] as const;

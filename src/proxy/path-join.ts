@@ -1,0 +1,34 @@
+/**
+ * Joins an upstream base URL's path with the incoming path without doubling a version segment
+ * (DESIGN.md §3.1): the longest suffix of the upstream's segments that equals a prefix of the
+ * incoming segments is written once. `https://h/v1` + `/v1/chat/completions` → `/v1/chat/completions`;
+ * `https://h/api/v1` + `/v1/models` → `/api/v1/models`; `https://h` + `/v1/messages` → `/v1/messages`.
+ * The incoming query string passes through unchanged (the upstream URL's own query, if any, is
+ * ignored: gateways put keys in headers, and merging two queries would change what the app sent).
+ */
+export function joinUpstreamPath(upstream: URL, incomingPathAndQuery: string): string {
+  const q = incomingPathAndQuery.indexOf('?');
+  const incomingPath = q === -1 ? incomingPathAndQuery : incomingPathAndQuery.slice(0, q);
+  const query = q === -1 ? '' : incomingPathAndQuery.slice(q);
+
+  const base = upstream.pathname.split('/').filter((s) => s !== '');
+  const trailingSlash = incomingPath.length > 1 && incomingPath.endsWith('/');
+  const incoming = incomingPath.split('/').filter((s) => s !== '');
+
+  let overlap = 0;
+  for (let k = Math.min(base.length, incoming.length); k > 0; k--) {
+    let same = true;
+    for (let i = 0; i < k; i++) {
+      if (base[base.length - k + i] !== incoming[i]) {
+        same = false;
+        break;
+      }
+    }
+    if (same) {
+      overlap = k;
+      break;
+    }
+  }
+  const segments = [...base, ...incoming.slice(overlap)];
+  return '/' + segments.join('/') + (trailingSlash && segments.length > 0 ? '/' : '') + query;
+}

@@ -1,0 +1,146 @@
+/**
+ * Wires the parts together for `serve`: price book, sinks (traces, metrics, audit log), budgets,
+ * the balance poller and the meter. The CLI is the only other place that knows all parts.
+ *
+ * Sink order matters only for `begin`: the trace sink goes first so its `traceparent` and trace id
+ * are known before the upstream request is sent and before the record is built.
+ */
+import { randomBytes } from 'node:crypto';
+import { startBalancePoller } from './balance.js';
+import { createBudgets } from './budgets/index.js';
+import type { Settings } from './config/types.js';
+import type { Logger } from './log.js';
+import { createMeter } from './meter/index.js';
+import type { Meter } from './meter/types.js';
+import { loadPriceBook } from './pricing/index.js';
+import { openAuditLog, type AuditSink } from './sinks/audit/index.js';
+import { querySpend } from './sinks/audit/queries.js';
+import { createMetricsSink, type MetricsSink } from './sinks/metrics.js';
+import { createTraceSink } from './sinks/traces.js';
+import type { Sink } from './sinks/types.js';
+
+export interface Runtime {
+  meter: Meter;
+  metricsSink: MetricsSink;
+  audit?: AuditSink;
+  metrics(): Promise<{ contentType: string; body: string }>;
+  ready(): boolean;
+  /** Flush and close every sink (bounded by each sink), stop timers. */
+  close(): Promise<void>;
+}
+
+export async function buildRuntime(
+  settings: Settings,
+  log: Logger,
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<Runtime> {
+  // Pricing first: a bad price file is a startup error (exit 1 with file:line:field), not a runtime one.
+  const priceBook = loadPriceBook({
+    files: settings.priceFiles,
+    presets: settings.presets,
+    multipliers: settings.multipliers,
+    upstreams: settings.upstreams.map((u) => ({
+      name: u.name,
+      url: u.url,
+      multiplier: u.multiplier,
+      trustReportedCost: u.trustReportedCost,
+    })),
+    log,
+  });
+
+  const configuredApps = [
+    ...Object.values(settings.apps),
+    ...settings.routes.flatMap((r) => (r.app ? [r.app] : [])),
+    ...settings.upstreams.flatMap((u) => (u.app ? [u.app] : [])),
+  ];
+  const metricsSink = createMetricsSink({
+    maxModels: settings.limits.maxModels,
+    maxApps: settings.limits.maxApps,
+    apps: configuredApps,
+    collectDefault: true,
+  });
+
+  const audit = settings.db
+    ? openAuditLog({
+        path: settings.db,
+        queueSize: settings.audit.queueSize,
+        batchSize: settings.audit.batchSize,
+        flushIntervalMs: settings.audit.flushIntervalMs,
+        retentionDays: settings.retentionDays,
+        captureBodies: settings.audit.captureBodies,
+        captureMaxBytes: settings.audit.captureMaxBytes,
+        redactPatterns: settings.audit.redactPatterns,
+        keySalt: settings.keySalt,
+        health: metricsSink,
+        log,
+      })
+    : undefined;
+
+  let keySecret = settings.keySalt ?? audit?.keySecret;
+  if (keySecret === undefined) {
+    keySecret = randomBytes(32).toString('hex');
+    log.warn('no audit DB and no key_salt: key fingerprints (key_id, apps: map) change on every restart', {});
+  }
+
+  const traces = createTraceSink({
+    env,
+    captureContent: settings.traces.captureContent,
+    log,
+    health: metricsSink,
+  });
+
+  const budgets =
+    settings.budgets.length > 0
+      ? createBudgets({
+          budgets: settings.budgets,
+          spend: audit ? (filter) => querySpend(audit.db, filter) : () => [],
+          metrics: metricsSink,
+          log,
+        })
+      : undefined;
+  if (budgets && !audit) log.warn('budgets without an audit DB start from zero at every restart', {});
+
+  const sinks: Sink[] = [];
+  if (traces) sinks.push(traces);
+  sinks.push(metricsSink);
+  if (audit) sinks.push(audit);
+  if (budgets) sinks.push(budgets);
+
+  const meter = createMeter({
+    sinks,
+    priceBook,
+    budgets,
+    health: metricsSink,
+    log,
+    keySecret,
+    apps: settings.apps,
+    onRateLimit: (upstream, info) => metricsSink.rateLimit(upstream, info),
+    capture:
+      audit && settings.audit.captureBodies ? (id, req, res) => audit.capture(id, req, res) : undefined,
+    maxEventBytes: settings.limits.maxEventBytes,
+    maxResponseBodyBytes: settings.limits.maxRequestBody,
+  });
+
+  const poller = startBalancePoller({ upstreams: settings.upstreams, metrics: metricsSink, log });
+
+  let closed = false;
+  return {
+    meter,
+    metricsSink,
+    audit,
+    metrics: () => metricsSink.render(),
+    ready: () => !closed,
+    async close() {
+      if (closed) return;
+      closed = true;
+      poller.stop();
+      // Each sink closes on its own; one failing never stops the others.
+      const results = await Promise.allSettled(sinks.map((s) => s.close()));
+      results.forEach((r, i) => {
+        if (r.status === 'rejected') {
+          log.error('sink failed to close', { sink: sinks[i]?.name, error: String(r.reason) });
+        }
+      });
+    },
+  };
+}

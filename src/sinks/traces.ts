@@ -1,0 +1,320 @@
+/**
+ * The OpenTelemetry sink (DESIGN.md §8): one CLIENT span per proxied request, following the OTel
+ * GenAI semantic conventions, exported over OTLP/HTTP with a BatchSpanProcessor.
+ *
+ * We make our own spans with a private tracer provider (never registered globally) and no
+ * auto-instrumentation: the http instrumentation would add a second span for every upstream call
+ * we already describe. Trace context is extracted from the incoming `traceparent`/`tracestate`
+ * (W3C) and the span's own context is returned for the proxy to inject upstream.
+ *
+ * Telemetry never breaks traffic: `begin`/`write` only touch memory (the batch processor exports
+ * in the background), and exporter failures are counted in
+ * tokenmeter_internal_errors_total{component="traces"} and logged once.
+ */
+import {
+  ROOT_CONTEXT,
+  SpanKind,
+  SpanStatusCode,
+  defaultTextMapGetter,
+  defaultTextMapSetter,
+  trace,
+  type Attributes,
+  type Span,
+} from '@opentelemetry/api';
+import { ExportResultCode, W3CTraceContextPropagator, type ExportResult } from '@opentelemetry/core';
+import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
+import { resourceFromAttributes } from '@opentelemetry/resources';
+import {
+  BasicTracerProvider,
+  BatchSpanProcessor,
+  ConsoleSpanExporter,
+  type ReadableSpan,
+  type SpanExporter,
+} from '@opentelemetry/sdk-trace-base';
+import type { Logger } from '../log.js';
+import { nanosToUnits } from '../pricing/money.js';
+import type { RequestRecord } from '../record.js';
+import { ATTR, GEN_AI_OPERATION_NAME, GEN_AI_PROVIDER_NAME } from '../semconv.js';
+import { genAiInputTokens } from './metrics.js';
+import type { HealthCounters, RequestStart, Sink, SinkRequest } from './types.js';
+
+export interface TraceSinkOptions {
+  env: NodeJS.ProcessEnv;
+  /** Put prompt/response content on spans. The record carries no content today, so this has no effect yet. */
+  captureContent: boolean;
+  /** Export to this exporter instead of OTLP (tests); enables tracing regardless of OTEL_* env. */
+  exporter?: SpanExporter;
+  log: Logger;
+  health: HealthCounters;
+  /** Upper bound on close() (flush + shutdown); default 5 s. */
+  closeTimeoutMs?: number;
+}
+
+export interface TraceSink extends Sink {
+  begin(start: RequestStart): SinkRequest;
+  /** Export every ended span now (tests, and before reading an in-memory exporter). */
+  forceFlush(): Promise<void>;
+}
+
+const DEFAULT_CLOSE_TIMEOUT_MS = 5_000;
+const DEFAULT_EXPORT_TIMEOUT_MS = 10_000;
+const SUPPORTED_EXPORTERS = new Set(['otlp', 'console']);
+
+/** Which exporters the standard OTEL_* variables ask for; empty = tracing off. */
+export function tracesExportersFromEnv(env: NodeJS.ProcessEnv): string[] {
+  if ((env.OTEL_SDK_DISABLED ?? '').trim().toLowerCase() === 'true') return [];
+  const listed = (env.OTEL_TRACES_EXPORTER ?? '')
+    .split(',')
+    .map((s) => s.trim().toLowerCase())
+    .filter((s) => s !== '');
+  if (listed.length > 0) return listed.includes('none') ? [] : listed;
+  if (env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT || env.OTEL_EXPORTER_OTLP_ENDPOINT) return ['otlp'];
+  return [];
+}
+
+/** OTLP/HTTP traces URL per the OTel exporter spec: the signal endpoint as-is, else base + /v1/traces. */
+export function otlpTracesUrl(env: NodeJS.ProcessEnv): string {
+  const signal = env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT?.trim();
+  if (signal) return signal;
+  const base = env.OTEL_EXPORTER_OTLP_ENDPOINT?.trim() || 'http://localhost:4318';
+  return `${base.replace(/\/+$/, '')}/v1/traces`;
+}
+
+/** `k1=v1,k2=v2` (values URL-encoded) as the OTel spec defines OTEL_EXPORTER_OTLP_HEADERS. */
+export function parseOtlpHeaders(text: string | undefined): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const pair of (text ?? '').split(',')) {
+    const eq = pair.indexOf('=');
+    if (eq <= 0) continue;
+    try {
+      out[decodeURIComponent(pair.slice(0, eq).trim())] = decodeURIComponent(pair.slice(eq + 1).trim());
+    } catch {
+      // A malformed escape: skip the pair rather than fail startup (the value is never logged).
+    }
+  }
+  return out;
+}
+
+function positiveInt(text: string | undefined): number | undefined {
+  const n = Number(text);
+  return text !== undefined && Number.isInteger(n) && n > 0 ? n : undefined;
+}
+
+/**
+ * Wraps an exporter so that nothing it does can reach traffic: a throw or a failed export is
+ * counted and logged once, never rethrown.
+ */
+class GuardedExporter implements SpanExporter {
+  constructor(
+    private readonly inner: SpanExporter,
+    private readonly onFailure: (reason: string) => void,
+  ) {}
+  export(spans: ReadableSpan[], resultCallback: (result: ExportResult) => void): void {
+    try {
+      this.inner.export(spans, (result) => {
+        if (result.code !== ExportResultCode.SUCCESS) {
+          this.onFailure(result.error?.message ?? 'export failed');
+        }
+        resultCallback(result);
+      });
+    } catch (err) {
+      this.onFailure(String(err));
+      resultCallback({ code: ExportResultCode.FAILED, error: err instanceof Error ? err : undefined });
+    }
+  }
+  async shutdown(): Promise<void> {
+    try {
+      await this.inner.shutdown();
+    } catch (err) {
+      this.onFailure(String(err));
+    }
+  }
+  async forceFlush(): Promise<void> {
+    try {
+      await this.inner.forceFlush?.();
+    } catch (err) {
+      this.onFailure(String(err));
+    }
+  }
+}
+
+function buildExporters(opts: TraceSinkOptions): SpanExporter[] {
+  if (opts.exporter) return [opts.exporter];
+  const env = opts.env;
+  const exporters: SpanExporter[] = [];
+  for (const name of tracesExportersFromEnv(env)) {
+    if (!SUPPORTED_EXPORTERS.has(name)) {
+      opts.log.once(`traces:exporter:${name}`, 'warn', 'unsupported OTEL_TRACES_EXPORTER value ignored', {
+        exporter: name,
+        supported: [...SUPPORTED_EXPORTERS].join(','),
+      });
+      continue;
+    }
+    if (name === 'console') {
+      exporters.push(new ConsoleSpanExporter());
+      continue;
+    }
+    const protocol = (env.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL ?? env.OTEL_EXPORTER_OTLP_PROTOCOL ?? '').trim();
+    if (protocol !== '' && protocol !== 'http/json') {
+      // Only @opentelemetry/exporter-trace-otlp-http is a dependency; it speaks OTLP/HTTP JSON,
+      // which every Collector's otlphttp receiver (port 4318) accepts alongside protobuf.
+      opts.log.once('traces:protocol', 'warn', 'OTLP protocol not supported, sending http/json instead', {
+        protocol,
+      });
+    }
+    const url = otlpTracesUrl(env);
+    exporters.push(
+      new OTLPTraceExporter({
+        url,
+        headers: {
+          ...parseOtlpHeaders(env.OTEL_EXPORTER_OTLP_HEADERS),
+          ...parseOtlpHeaders(env.OTEL_EXPORTER_OTLP_TRACES_HEADERS),
+        },
+        timeoutMillis:
+          positiveInt(env.OTEL_EXPORTER_OTLP_TRACES_TIMEOUT) ??
+          positiveInt(env.OTEL_EXPORTER_OTLP_TIMEOUT) ??
+          DEFAULT_EXPORT_TIMEOUT_MS,
+      }),
+    );
+    opts.log.info('tracing on', { exporter: 'otlp', endpoint: new URL(url).origin });
+  }
+  return exporters;
+}
+
+/** Returns the trace sink, or undefined when tracing is off (no OTLP endpoint/exporter, or OTEL_SDK_DISABLED). */
+export function createTraceSink(opts: TraceSinkOptions): TraceSink | undefined {
+  if ((opts.env.OTEL_SDK_DISABLED ?? '').trim().toLowerCase() === 'true') return undefined;
+  const exporters = buildExporters(opts);
+  if (exporters.length === 0) return undefined;
+
+  const onFailure = (reason: string): void => {
+    opts.health.internalError('traces');
+    opts.log.once('traces:export-failed', 'warn', 'trace export failed; traffic is unaffected', {
+      error: reason.slice(0, 200),
+    });
+  };
+  const env = opts.env;
+  const provider = new BasicTracerProvider({
+    resource: resourceFromAttributes({ 'service.name': env.OTEL_SERVICE_NAME?.trim() || 'tokenmeter' }),
+    spanProcessors: exporters.map(
+      (e) =>
+        new BatchSpanProcessor(new GuardedExporter(e, onFailure), {
+          scheduledDelayMillis: positiveInt(env.OTEL_BSP_SCHEDULE_DELAY),
+          exportTimeoutMillis: positiveInt(env.OTEL_BSP_EXPORT_TIMEOUT),
+          maxQueueSize: positiveInt(env.OTEL_BSP_MAX_QUEUE_SIZE),
+          maxExportBatchSize: positiveInt(env.OTEL_BSP_MAX_EXPORT_BATCH_SIZE),
+        }),
+    ),
+  });
+  const tracer = provider.getTracer('tokenmeter');
+  const propagator = new W3CTraceContextPropagator();
+  // Spans begun and not yet written; bounded by the requests in flight.
+  const open = new Map<string, Span>();
+
+  const startSpan = (start: RequestStart): Span => {
+    const operationName = GEN_AI_OPERATION_NAME[start.operation];
+    const attributes: Attributes = {
+      [ATTR.genAiOperationName]: operationName,
+      [ATTR.genAiProviderName]: GEN_AI_PROVIDER_NAME[start.operation],
+      [ATTR.serverAddress]: start.upstreamUrl.hostname,
+      [ATTR.serverPort]:
+        Number(start.upstreamUrl.port) || (start.upstreamUrl.protocol === 'https:' ? 443 : 80),
+      [ATTR.tokenmeterUpstream]: start.upstream,
+      [ATTR.tokenmeterApp]: start.app,
+      [ATTR.tokenmeterRecordId]: start.id,
+    };
+    if (start.request_model) attributes[ATTR.genAiRequestModel] = start.request_model;
+    const parent = propagator.extract(ROOT_CONTEXT, start.headers, defaultTextMapGetter);
+    // GenAI semconv span name: "{gen_ai.operation.name} {gen_ai.request.model}" (model when known).
+    const name = start.request_model ? `${operationName} ${start.request_model}` : operationName;
+    return tracer.startSpan(name, { kind: SpanKind.CLIENT, attributes, startTime: start.ts_start }, parent);
+  };
+
+  const sink: TraceSink = {
+    name: 'traces',
+
+    begin(start: RequestStart): SinkRequest {
+      const span = startSpan(start);
+      open.set(start.id, span);
+      const carrier: Record<string, string> = {};
+      propagator.inject(trace.setSpan(ROOT_CONTEXT, span), carrier, defaultTextMapSetter);
+      return { upstreamHeaders: carrier, traceId: span.spanContext().traceId };
+    },
+
+    write(r: RequestRecord): void {
+      let span = open.get(r.id);
+      open.delete(r.id);
+      if (!span) {
+        // No begin (e.g. a record replayed by another part): a root span covering the request.
+        span = tracer.startSpan(
+          r.request_model
+            ? `${GEN_AI_OPERATION_NAME[r.operation]} ${r.request_model}`
+            : GEN_AI_OPERATION_NAME[r.operation],
+          {
+            kind: SpanKind.CLIENT,
+            startTime: r.ts_start,
+            attributes: {
+              [ATTR.genAiOperationName]: GEN_AI_OPERATION_NAME[r.operation],
+              [ATTR.genAiProviderName]: GEN_AI_PROVIDER_NAME[r.operation],
+              [ATTR.tokenmeterUpstream]: r.upstream,
+              [ATTR.tokenmeterApp]: r.app,
+              [ATTR.tokenmeterRecordId]: r.id,
+              ...(r.request_model ? { [ATTR.genAiRequestModel]: r.request_model } : {}),
+            },
+          },
+          ROOT_CONTEXT,
+        );
+      }
+      span.setAttributes(recordAttributes(r));
+      if (r.error_type !== null) span.setStatus({ code: SpanStatusCode.ERROR, message: r.error_type });
+      span.end(r.ts_end);
+    },
+
+    async forceFlush() {
+      // A failed export is already counted and logged by GuardedExporter; never reject here.
+      await provider.forceFlush().catch(() => {});
+    },
+
+    async close() {
+      // End spans whose record never came (should not happen; the meter emits exactly once).
+      for (const span of open.values()) span.end();
+      open.clear();
+      let timer: NodeJS.Timeout | undefined;
+      const timeout = new Promise<void>((resolve) => {
+        timer = setTimeout(() => {
+          opts.log.warn('trace exporter did not shut down in time; unexported spans dropped', {});
+          resolve();
+        }, opts.closeTimeoutMs ?? DEFAULT_CLOSE_TIMEOUT_MS);
+        timer.unref();
+      });
+      try {
+        await Promise.race([provider.shutdown().catch((err) => onFailure(String(err))), timeout]);
+      } finally {
+        clearTimeout(timer);
+      }
+    },
+  };
+  return sink;
+}
+
+/** §8 attributes known once the request finished. Unknown values are left off, never zeroed. */
+export function recordAttributes(r: RequestRecord): Attributes {
+  const a: Attributes = {
+    [ATTR.tokenmeterUsageSource]: r.usage_source,
+  };
+  if (r.response_model) a[ATTR.genAiResponseModel] = r.response_model;
+  const input = genAiInputTokens(r);
+  if (input !== null) a[ATTR.genAiUsageInputTokens] = input;
+  if (r.output_tokens !== null) a[ATTR.genAiUsageOutputTokens] = r.output_tokens;
+  if (r.cache_read_tokens !== null) a[ATTR.tokenmeterCacheReadTokens] = r.cache_read_tokens;
+  if (r.cache_write_tokens !== null) a[ATTR.tokenmeterCacheWriteTokens] = r.cache_write_tokens;
+  if (r.finish_reason) a[ATTR.genAiResponseFinishReasons] = [r.finish_reason];
+  if (r.error_type !== null) a[ATTR.errorType] = r.error_type;
+  if (r.http_status !== null) a[ATTR.httpResponseStatusCode] = r.http_status;
+  if (r.cost_nanos !== null && r.currency !== null) {
+    // A display value on one span (never summed by us); the exact amount is in the audit log.
+    a[ATTR.tokenmeterCost] = nanosToUnits(r.cost_nanos);
+    a[ATTR.tokenmeterCurrency] = r.currency;
+  }
+  return a;
+}

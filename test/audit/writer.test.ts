@@ -1,0 +1,309 @@
+import Database from 'better-sqlite3';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { createLogger, SILENT_LOGGER } from '../../src/log.js';
+import type { RequestRecord } from '../../src/record.js';
+import {
+  openAuditLog,
+  rowToRecord,
+  type AuditLogOptions,
+  type AuditSink,
+} from '../../src/sinks/audit/index.js';
+import { DAY_MS, REQUEST_COLUMN_NAMES } from '../../src/sinks/audit/migrations.js';
+import { fullRecord, nullRecord, recordingHealth, tempDir, type TempDir } from './records.js';
+
+let tmp: TempDir;
+const open: AuditSink[] = [];
+
+beforeEach(() => {
+  tmp = tempDir();
+});
+afterEach(async () => {
+  for (const a of open.splice(0)) await a.close();
+  tmp.cleanup();
+});
+
+function openLog(overrides: Partial<AuditLogOptions> = {}): AuditSink {
+  const sink = openAuditLog({
+    path: tmp.file('audit.db'),
+    queueSize: 1000,
+    batchSize: 100,
+    // Long interval: tests flush explicitly unless they test the timer.
+    flushIntervalMs: 60_000,
+    retentionDays: 90,
+    captureBodies: false,
+    captureMaxBytes: 1024,
+    redactPatterns: [],
+    health: recordingHealth(),
+    log: SILENT_LOGGER,
+    ...overrides,
+  });
+  open.push(sink);
+  return sink;
+}
+
+/** A second, independent connection: what another process (report, budgets at start) would see. */
+function reader(): Database.Database {
+  return new Database(tmp.file('audit.db'), { readonly: true });
+}
+
+function storedIds(): string[] {
+  const db = reader();
+  try {
+    return (db.prepare('SELECT id FROM requests ORDER BY id').all() as { id: string }[]).map((r) => r.id);
+  } finally {
+    db.close();
+  }
+}
+
+function logLines(): { lines: Array<Record<string, unknown>>; log: ReturnType<typeof createLogger> } {
+  const lines: Array<Record<string, unknown>> = [];
+  return { lines, log: createLogger('debug', (l) => lines.push(JSON.parse(l) as Record<string, unknown>)) };
+}
+
+describe('audit log writer', () => {
+  it('stores one row per record with every field round-tripping, nulls staying null', async () => {
+    const audit = openLog();
+    const full = fullRecord();
+    const empty = nullRecord();
+    audit.write(full);
+    audit.write(empty);
+    await audit.flush();
+
+    const db = reader();
+    const columns = (db.prepare('PRAGMA table_info(requests)').all() as { name: string }[]).map(
+      (c) => c.name,
+    );
+    expect(columns.sort()).toEqual(Object.keys(full).sort());
+    expect(REQUEST_COLUMN_NAMES.sort()).toEqual(Object.keys(full).sort());
+
+    const rows = db.prepare('SELECT * FROM requests ORDER BY id').all() as Record<string, unknown>[];
+    expect(rows).toHaveLength(2);
+    expect(rowToRecord(rows[0]!)).toEqual(full);
+    expect(rowToRecord(rows[1]!)).toEqual(empty);
+
+    // Storage classes: money and tokens are INTEGER, unknown is NULL (not 0), booleans are 0/1.
+    const types = db
+      .prepare(
+        `SELECT typeof(cost_nanos) AS cost, typeof(input_tokens) AS input, typeof(ts_start) AS ts, stream
+         FROM requests ORDER BY id`,
+      )
+      .all();
+    expect(types).toEqual([
+      { cost: 'integer', input: 'integer', ts: 'integer', stream: 1 },
+      { cost: 'null', input: 'null', ts: 'integer', stream: 0 },
+    ]);
+    db.close();
+  });
+
+  it('enqueues without touching the DB on the caller stack, then writes in batches', async () => {
+    const audit = openLog({ batchSize: 5 });
+    const records = Array.from({ length: 12 }, () => fullRecord());
+    for (const r of records) audit.write(r);
+    // Nothing is written synchronously by write().
+    expect(storedIds()).toEqual([]);
+    // Two full batches are written on the next turns of the event loop; the last 2 wait for the timer/flush.
+    await vi.waitFor(() => expect(storedIds()).toHaveLength(10));
+    await new Promise((r) => setTimeout(r, 50));
+    expect(storedIds()).toHaveLength(10);
+    await audit.flush();
+    expect(storedIds()).toEqual(records.map((r) => r.id).sort());
+  });
+
+  it('flushes on the interval timer', async () => {
+    const health = recordingHealth();
+    const audit = openLog({ flushIntervalMs: 20, health });
+    const r = fullRecord();
+    audit.write(r);
+    await vi.waitFor(() => expect(storedIds()).toEqual([r.id]));
+    expect(health.depth.at(-1)).toBe(0);
+  });
+
+  it('drops the OLDEST records when the queue is full and counts them', async () => {
+    const health = recordingHealth();
+    const { lines, log } = logLines();
+    const audit = openLog({ queueSize: 3, health, log });
+    const records = Array.from({ length: 5 }, () => fullRecord());
+    for (const r of records) audit.write(r);
+    expect(health.dropped).toBe(2);
+    expect(health.depth.at(-1)).toBe(3);
+    await audit.flush();
+    expect(storedIds()).toEqual(records.slice(2).map((r) => r.id));
+    // Logged once, not once per drop.
+    expect(lines.filter((l) => l['msg'] === 'audit log dropped records')).toHaveLength(1);
+  });
+
+  it('survives a DB locked by another connection: write() never throws, rows are retried, drops counted', async () => {
+    const health = recordingHealth();
+    const { lines, log } = logLines();
+    const audit = openLog({
+      queueSize: 20,
+      batchSize: 5,
+      flushIntervalMs: 10,
+      health,
+      log,
+      minBackoffMs: 5,
+      maxBackoffMs: 20,
+    });
+    const locker = new Database(tmp.file('audit.db'));
+    locker.exec('BEGIN EXCLUSIVE');
+    const records = Array.from({ length: 50 }, () => fullRecord());
+    for (const r of records) expect(() => audit.write(r)).not.toThrow();
+    // No DB attempt happened on the caller's stack (it would have failed against the lock and counted).
+    expect(health.internal).toEqual([]);
+    // Let the writer fail a few times against the lock.
+    await vi.waitFor(() =>
+      expect(health.internal.filter((c) => c === 'audit').length).toBeGreaterThanOrEqual(3),
+    );
+    await audit.flush(); // must not throw while locked either
+    expect(health.dropped).toBe(30);
+    const failures = lines.filter(
+      (l) => l['msg'] === 'audit log write failed; records stay queued and are retried',
+    );
+    expect(failures).toHaveLength(1);
+    expect(failures[0]!['kind']).toBe('locked');
+    expect(locker.prepare('SELECT COUNT(*) AS n FROM requests').get()).toEqual({ n: 0 });
+
+    locker.exec('COMMIT');
+    locker.close();
+    // The queued rows (the newest 20) are retried and land.
+    await vi.waitFor(() => expect(storedIds()).toEqual(records.slice(30).map((r) => r.id)));
+    expect(lines.some((l) => l['msg'] === 'audit log writes recovered')).toBe(true);
+  });
+
+  it('survives a read-only DB (query_only) and writes once it is writable again', async () => {
+    const health = recordingHealth();
+    const { lines, log } = logLines();
+    const audit = openLog({ health, log, flushIntervalMs: 10, minBackoffMs: 5, maxBackoffMs: 20 });
+    audit.db.pragma('query_only = ON');
+    const r = fullRecord();
+    audit.write(r);
+    await audit.flush();
+    await vi.waitFor(() => expect(health.internal.length).toBeGreaterThanOrEqual(2));
+    expect(storedIds()).toEqual([]);
+    expect(lines.find((l) => l['msg']?.toString().startsWith('audit log write failed'))?.['kind']).toBe(
+      'read_only',
+    );
+    audit.db.pragma('query_only = OFF');
+    await vi.waitFor(() => expect(storedIds()).toEqual([r.id]));
+    expect(health.dropped).toBe(0);
+  });
+
+  it('survives a full DB (max_page_count reached), keeps rows queued and writes them once there is room', async () => {
+    const health = recordingHealth();
+    const { lines, log } = logLines();
+    const audit = openLog({ health, log, flushIntervalMs: 10, minBackoffMs: 5, maxBackoffMs: 20 });
+    const pages = Number(audit.db.pragma('page_count', { simple: true }));
+    audit.db.pragma(`max_page_count = ${pages}`);
+    const records = Array.from({ length: 200 }, () => fullRecord({ error_message: 'e'.repeat(500) }));
+    for (const r of records) audit.write(r);
+    await audit.flush();
+    expect(storedIds()).toEqual([]);
+    expect(lines.find((l) => l['msg']?.toString().startsWith('audit log write failed'))?.['kind']).toBe(
+      'full',
+    );
+    audit.db.pragma('max_page_count = 1073741823');
+    await vi.waitFor(() => expect(storedIds()).toHaveLength(200));
+    expect(health.dropped).toBe(0);
+  });
+
+  it('close() flushes everything queued', async () => {
+    const audit = openLog({ batchSize: 1000 });
+    const records = Array.from({ length: 7 }, () => fullRecord());
+    for (const r of records) audit.write(r);
+    await audit.close();
+    expect(storedIds()).toEqual(records.map((r) => r.id));
+  });
+
+  it('close() is bounded when the DB stays locked, and counts what it could not write', async () => {
+    const health = recordingHealth();
+    const audit = openLog({ health, closeTimeoutMs: 200, minBackoffMs: 5, maxBackoffMs: 20 });
+    const locker = new Database(tmp.file('audit.db'));
+    locker.exec('BEGIN EXCLUSIVE');
+    for (let i = 0; i < 4; i++) audit.write(fullRecord());
+    await audit.close();
+    expect(health.dropped).toBe(4);
+    locker.exec('ROLLBACK');
+    locker.close();
+    // Writes after close are dropped and counted, never thrown.
+    expect(() => audit.write(fullRecord())).not.toThrow();
+    expect(health.dropped).toBe(5);
+  });
+
+  it('drops only the bad row of a batch (duplicate id) and keeps the rest', async () => {
+    const health = recordingHealth();
+    const audit = openLog({ health });
+    const a = fullRecord();
+    const b = fullRecord();
+    audit.write(a);
+    audit.write(b);
+    audit.write({ ...a, note: 'duplicate' });
+    await audit.flush();
+    expect(storedIds()).toEqual([a.id, b.id].sort());
+    expect(health.dropped).toBe(1);
+  });
+
+  it('keeps the generated key secret across reopen; key_salt overrides it', async () => {
+    const first = openLog();
+    const secret = first.keySecret;
+    expect(secret).toMatch(/^[0-9a-f]{64}$/);
+    await first.close();
+    const second = openLog();
+    expect(second.keySecret).toBe(secret);
+    await second.close();
+    const salted = openLog({ keySalt: 'configured-salt-0123456789' });
+    expect(salted.keySecret).toBe('configured-salt-0123456789');
+    await salted.close();
+    // The DB's own secret is untouched by a configured salt.
+    expect(openLog().keySecret).toBe(secret);
+  });
+
+  it('applies retention at start', async () => {
+    const now = Date.UTC(2026, 10, 23);
+    const seed = openLog({ now: () => now, retentionDays: 0 });
+    const old = fullRecord({ ts_start: now - 91 * DAY_MS, ts_end: now - 91 * DAY_MS + 5 });
+    const recent = fullRecord({ ts_start: now - 89 * DAY_MS, ts_end: now - 89 * DAY_MS + 5 });
+    seed.write(old);
+    seed.write(recent);
+    await seed.close();
+    expect(storedIds()).toEqual([old.id, recent.id].sort());
+    openLog({ now: () => now, retentionDays: 90 });
+    expect(storedIds()).toEqual([recent.id]);
+  });
+
+  it('captures bodies only when enabled, redacted and truncated', async () => {
+    const off = openLog();
+    off.capture('id-off', Buffer.from('hello'));
+    await off.close();
+
+    const audit = openLog({ captureBodies: true, captureMaxBytes: 120, redactPatterns: ['internal-\\d+'] });
+    const request = Buffer.from(
+      JSON.stringify({
+        api_key: 'sk-live0123456789abcdef',
+        contact: 'ana@example.com',
+        ref: 'internal-4711',
+      }),
+    );
+    const response = Buffer.from('Authorization: Bearer abc.DEF-123_xyz ' + 'x'.repeat(500));
+    audit.capture('id-on', request, response);
+    await audit.flush();
+    const db = reader();
+    const rows = db.prepare('SELECT * FROM bodies ORDER BY id').all() as Record<string, unknown>[];
+    db.close();
+    expect(rows.map((r) => r['id'])).toEqual(['id-on']);
+    const row = rows[0]!;
+    const stored = `${String(row['request'])} ${String(row['response'])}`;
+    for (const secret of ['sk-live0123456789abcdef', 'ana@example.com', 'internal-4711', 'abc.DEF-123_xyz']) {
+      expect(stored).not.toContain(secret);
+    }
+    expect(String(row['request'])).toContain('[REDACTED_KEY]');
+    expect(String(row['request'])).toContain('[REDACTED_EMAIL]');
+    expect(String(row['response'])).toMatch(/^Authorization: Bearer \[REDACTED\] x+$/);
+    expect(Buffer.byteLength(String(row['response']))).toBe(120);
+    expect(row['truncated']).toBe(1);
+    expect(row['request_bytes']).toBe(request.length);
+    expect(row['response_bytes']).toBe(response.length);
+  });
+});
+
+// Keeps the fixture type honest: a RequestRecord with a missing field would not compile here.
+export const _typecheck: RequestRecord = fullRecord();

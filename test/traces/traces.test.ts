@@ -1,0 +1,354 @@
+import { createServer, type IncomingMessage, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { SpanKind, SpanStatusCode } from '@opentelemetry/api';
+import { InMemorySpanExporter } from '@opentelemetry/sdk-trace-base';
+import { afterEach, describe, expect, it } from 'vitest';
+import { createLogger, SILENT_LOGGER } from '../../src/log.js';
+import {
+  createTraceSink,
+  otlpTracesUrl,
+  parseOtlpHeaders,
+  tracesExportersFromEnv,
+  type TraceSink,
+} from '../../src/sinks/traces.js';
+import { NOOP_HEALTH, type HealthCounters } from '../../src/sinks/types.js';
+import { startAndRecord } from '../metrics/records.js';
+
+const PARENT_TRACE = '4bf92f3577b34da6a3ce929d0e0e4736';
+const PARENT_SPAN = '00f067aa0ba902b7';
+const INCOMING = {
+  traceparent: `00-${PARENT_TRACE}-${PARENT_SPAN}-01`,
+  tracestate: 'congo=t61rcWkgMzE',
+};
+
+function countingHealth(): HealthCounters & { errors: string[] } {
+  const errors: string[] = [];
+  return { ...NOOP_HEALTH, errors, internalError: (c: string) => void errors.push(c) };
+}
+
+const closers: Array<() => Promise<void>> = [];
+afterEach(async () => {
+  while (closers.length > 0) await closers.pop()!();
+});
+
+function memorySink(): { sink: TraceSink; exporter: InMemorySpanExporter } {
+  const exporter = new InMemorySpanExporter();
+  const sink = createTraceSink({
+    env: {},
+    captureContent: false,
+    exporter,
+    log: SILENT_LOGGER,
+    health: NOOP_HEALTH,
+  });
+  if (!sink) throw new Error('trace sink should be on with an explicit exporter');
+  closers.push(() => sink.close());
+  return { sink, exporter };
+}
+
+describe('trace sink with an in-memory exporter', () => {
+  it('makes one CLIENT span per request, parented on the incoming traceparent, with §8 attributes', async () => {
+    const { sink, exporter } = memorySink();
+    const { start, record } = startAndRecord(
+      { headers: INCOMING, app: 'chatbot', stream: true },
+      {
+        response_model: 'deepseek-chat-0324',
+        finish_reason: 'stop',
+        ttft_ms: 200,
+        trace_id: PARENT_TRACE,
+      },
+    );
+    const handle = sink.begin(start);
+    sink.write(record);
+    await sink.forceFlush();
+
+    const spans = exporter.getFinishedSpans();
+    expect(spans).toHaveLength(1);
+    const span = spans[0]!;
+    expect(span.name).toBe('chat deepseek-chat');
+    expect(span.kind).toBe(SpanKind.CLIENT);
+    // Parent is the app's span from the incoming header; same trace.
+    expect(span.spanContext().traceId).toBe(PARENT_TRACE);
+    expect(span.parentSpanContext?.spanId).toBe(PARENT_SPAN);
+    expect(handle.traceId).toBe(PARENT_TRACE);
+    // The header for the upstream carries the span's OWN id, so the upstream's spans nest under ours.
+    expect(handle.upstreamHeaders).toEqual({
+      traceparent: `00-${PARENT_TRACE}-${span.spanContext().spanId}-01`,
+      tracestate: INCOMING.tracestate,
+    });
+    expect(span.spanContext().spanId).not.toBe(PARENT_SPAN);
+
+    expect(span.attributes).toEqual({
+      'gen_ai.operation.name': 'chat',
+      'gen_ai.provider.name': 'openai',
+      'gen_ai.request.model': 'deepseek-chat',
+      'gen_ai.response.model': 'deepseek-chat-0324',
+      'gen_ai.usage.input_tokens': 1000, // 400 uncached + 600 cached (semconv counts cached input)
+      'gen_ai.usage.output_tokens': 500,
+      'gen_ai.response.finish_reasons': ['stop'],
+      'server.address': 'cailag.xin',
+      'server.port': 443,
+      'http.response.status_code': 200,
+      'tokenmeter.cost': 0.0011826,
+      'tokenmeter.currency': 'CNY',
+      'tokenmeter.usage_source': 'reported',
+      'tokenmeter.app': 'chatbot',
+      'tokenmeter.upstream': 'cailag',
+      'tokenmeter.record_id': start.id,
+      'tokenmeter.usage.cache_read_tokens': 600,
+    });
+    expect(span.status.code).toBe(SpanStatusCode.UNSET);
+    // Timing comes from the record, not from when write() ran.
+    const ms = (t: [number, number]) => t[0] * 1000 + t[1] / 1e6;
+    expect(ms(span.startTime)).toBe(record.ts_start);
+    expect(ms(span.endTime)).toBe(record.ts_end);
+  });
+
+  it('starts a new trace when there is no incoming traceparent', async () => {
+    const { sink, exporter } = memorySink();
+    const { start, record } = startAndRecord({ operation: 'messages', request_model: 'claude-sonnet-4' }, {});
+    const handle = sink.begin(start);
+    sink.write(record);
+    await sink.forceFlush();
+    const span = exporter.getFinishedSpans()[0]!;
+    expect(span.parentSpanContext).toBeUndefined();
+    expect(span.attributes['gen_ai.provider.name']).toBe('anthropic');
+    expect(handle.traceId).toBe(span.spanContext().traceId);
+    expect(handle.upstreamHeaders?.traceparent).toBe(
+      `00-${span.spanContext().traceId}-${span.spanContext().spanId}-01`,
+    );
+  });
+
+  it('honours an unsampled parent (no span exported, flags 00 propagated) and ignores a malformed traceparent', async () => {
+    const { sink, exporter } = memorySink();
+    const unsampled = startAndRecord(
+      { headers: { traceparent: `00-${PARENT_TRACE}-${PARENT_SPAN}-00` } },
+      {},
+    );
+    const h1 = sink.begin(unsampled.start);
+    sink.write(unsampled.record);
+    expect(h1.traceId).toBe(PARENT_TRACE);
+    expect(h1.upstreamHeaders?.traceparent).toMatch(new RegExp(`^00-${PARENT_TRACE}-[0-9a-f]{16}-00$`));
+
+    const malformed = startAndRecord({ headers: { traceparent: 'garbage' } }, {});
+    const h2 = sink.begin(malformed.start);
+    sink.write(malformed.record);
+    await sink.forceFlush();
+    const spans = exporter.getFinishedSpans();
+    expect(spans).toHaveLength(1); // only the malformed-parent request, as a new root
+    expect(spans[0]!.parentSpanContext).toBeUndefined();
+    expect(h2.traceId).toBe(spans[0]!.spanContext().traceId);
+    expect(h2.traceId).not.toBe(PARENT_TRACE);
+  });
+
+  it('marks errors, and leaves unknown usage and cost off the span (never zero)', async () => {
+    const { sink, exporter } = memorySink();
+    const { start, record } = startAndRecord(
+      { request_model: null },
+      {
+        http_status: 429,
+        error_type: 'rate_limited',
+        error_message: 'Rate limit reached for requests',
+        input_tokens: null,
+        cache_read_tokens: null,
+        output_tokens: null,
+        usage_source: 'none',
+        cost_nanos: null,
+        currency: null,
+        cost_source: null,
+        finish_reason: null,
+        response_model: null,
+      },
+    );
+    sink.begin(start);
+    sink.write(record);
+    await sink.forceFlush();
+    const span = exporter.getFinishedSpans()[0]!;
+    expect(span.name).toBe('chat');
+    expect(span.status.code).toBe(SpanStatusCode.ERROR);
+    expect(span.attributes['error.type']).toBe('rate_limited');
+    for (const key of [
+      'gen_ai.usage.input_tokens',
+      'gen_ai.usage.output_tokens',
+      'tokenmeter.cost',
+      'tokenmeter.currency',
+      'gen_ai.request.model',
+    ]) {
+      expect(span.attributes, key).not.toHaveProperty(key);
+    }
+    // No content and no upstream error text on spans.
+    expect(JSON.stringify(span.attributes)).not.toContain('Rate limit reached');
+  });
+
+  it('never puts ids of users or keys on spans', async () => {
+    const { sink, exporter } = memorySink();
+    const { start, record } = startAndRecord(
+      { headers: { ...INCOMING, authorization: 'Bearer sk-secret' } },
+      {},
+    );
+    sink.begin(start);
+    sink.write(record);
+    await sink.forceFlush();
+    const text = JSON.stringify(exporter.getFinishedSpans()[0]!.attributes);
+    expect(text).not.toMatch(/sk-secret|user-42|abcdef012345/);
+  });
+});
+
+describe('trace sink configuration from OTEL_* env', () => {
+  it('is off unless an OTLP endpoint or exporter is configured, and off when the SDK is disabled', () => {
+    const make = (env: NodeJS.ProcessEnv) =>
+      createTraceSink({ env, captureContent: false, log: SILENT_LOGGER, health: NOOP_HEALTH });
+    expect(make({})).toBeUndefined();
+    expect(
+      make({ OTEL_TRACES_EXPORTER: 'none', OTEL_EXPORTER_OTLP_ENDPOINT: 'http://127.0.0.1:1' }),
+    ).toBeUndefined();
+    expect(
+      make({ OTEL_SDK_DISABLED: 'true', OTEL_EXPORTER_OTLP_ENDPOINT: 'http://127.0.0.1:1' }),
+    ).toBeUndefined();
+    const on = make({ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://127.0.0.1:1' });
+    expect(on).toBeDefined();
+    closers.push(() => on!.close());
+  });
+
+  it('derives exporters, URL and headers per the OTel exporter spec', () => {
+    expect(tracesExportersFromEnv({ OTEL_TRACES_EXPORTER: 'otlp,console' })).toEqual(['otlp', 'console']);
+    expect(tracesExportersFromEnv({ OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: 'http://x/t' })).toEqual(['otlp']);
+    expect(tracesExportersFromEnv({})).toEqual([]);
+    expect(otlpTracesUrl({ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://127.0.0.1:4318/' })).toBe(
+      'http://127.0.0.1:4318/v1/traces',
+    );
+    expect(
+      otlpTracesUrl({
+        OTEL_EXPORTER_OTLP_ENDPOINT: 'http://a:4318',
+        OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: 'http://b:9999/custom',
+      }),
+    ).toBe('http://b:9999/custom');
+    expect(parseOtlpHeaders('api-key=a%20b, x-tenant=t1,broken')).toEqual({
+      'api-key': 'a b',
+      'x-tenant': 't1',
+    });
+  });
+});
+
+interface Received {
+  path: string;
+  contentType: string | undefined;
+  headers: IncomingMessage['headers'];
+  body: string;
+}
+
+async function otlpReceiver(): Promise<{ url: string; received: Received[]; server: Server }> {
+  const received: Received[] = [];
+  const server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      received.push({
+        path: req.url ?? '',
+        contentType: req.headers['content-type'],
+        headers: req.headers,
+        body: Buffer.concat(chunks).toString('utf8'),
+      });
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end('{}');
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  closers.push(() => new Promise<void>((resolve) => server.close(() => resolve())));
+  const { port } = server.address() as AddressInfo;
+  return { url: `http://127.0.0.1:${port}`, received, server };
+}
+
+interface OtlpJsonSpan {
+  traceId: string;
+  spanId: string;
+  parentSpanId?: string;
+  name: string;
+  kind: number;
+  attributes: Array<{ key: string; value: Record<string, unknown> }>;
+}
+
+describe('trace sink exporting over real OTLP/HTTP', () => {
+  it('delivers the span to an OTLP/HTTP receiver on 127.0.0.1', async () => {
+    const { url, received } = await otlpReceiver();
+    const health = countingHealth();
+    const sink = createTraceSink({
+      env: {
+        OTEL_EXPORTER_OTLP_ENDPOINT: url,
+        OTEL_EXPORTER_OTLP_HEADERS: 'x-collector-tenant=team-a',
+        OTEL_SERVICE_NAME: 'tokenmeter-test',
+      },
+      captureContent: false,
+      log: SILENT_LOGGER,
+      health,
+    })!;
+    const { start, record } = startAndRecord({ headers: INCOMING }, {});
+    const handle = sink.begin(start);
+    sink.write(record);
+    await sink.close(); // close flushes
+
+    expect(received).toHaveLength(1);
+    const req = received[0]!;
+    expect(req.path).toBe('/v1/traces');
+    expect(req.contentType).toMatch(/application\/json/);
+    expect(req.headers['x-collector-tenant']).toBe('team-a');
+    const payload = JSON.parse(req.body) as {
+      resourceSpans: Array<{
+        resource: { attributes: Array<{ key: string; value: { stringValue?: string } }> };
+        scopeSpans: Array<{ spans: OtlpJsonSpan[] }>;
+      }>;
+    };
+    const rs = payload.resourceSpans[0]!;
+    expect(rs.resource.attributes.find((a) => a.key === 'service.name')?.value.stringValue).toBe(
+      'tokenmeter-test',
+    );
+    const span = rs.scopeSpans[0]!.spans[0]!;
+    expect(span.name).toBe('chat deepseek-chat');
+    expect(span.kind).toBe(3); // SPAN_KIND_CLIENT in OTLP
+    expect(span.traceId).toBe(PARENT_TRACE);
+    expect(span.parentSpanId).toBe(PARENT_SPAN);
+    expect(handle.upstreamHeaders?.traceparent).toBe(`00-${PARENT_TRACE}-${span.spanId}-01`);
+    const attr = (k: string) => span.attributes.find((a) => a.key === k)?.value;
+    expect(attr('gen_ai.request.model')).toEqual({ stringValue: 'deepseek-chat' });
+    expect(attr('gen_ai.usage.output_tokens')).toEqual({ intValue: 500 });
+    expect(attr('tokenmeter.currency')).toEqual({ stringValue: 'CNY' });
+    expect(health.errors).toEqual([]);
+  });
+
+  it('an exporter pointed at a closed port never throws into traffic; the failure is counted and logged once', async () => {
+    // A port that was just free: listen, note it, close.
+    const probe = createServer();
+    await new Promise<void>((resolve) => probe.listen(0, '127.0.0.1', resolve));
+    const { port } = probe.address() as AddressInfo;
+    await new Promise<void>((resolve) => probe.close(() => resolve()));
+
+    const health = countingHealth();
+    const lines: string[] = [];
+    const sink = createTraceSink({
+      env: {
+        OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${port}`,
+        OTEL_EXPORTER_OTLP_TIMEOUT: '2000',
+      },
+      captureContent: false,
+      log: createLogger('debug', (l) => lines.push(l)),
+      health,
+      closeTimeoutMs: 5000,
+    })!;
+    // begin/write are synchronous and return before any export is attempted.
+    for (let i = 0; i < 20; i++) {
+      const { start, record } = startAndRecord({ headers: INCOMING }, {});
+      const handle = sink.begin(start);
+      expect(handle).not.toBeInstanceOf(Promise);
+      expect(handle.upstreamHeaders?.traceparent).toMatch(/^00-[0-9a-f]{32}-[0-9a-f]{16}-01$/);
+      expect(sink.write(record)).toBeUndefined();
+    }
+    await expect(sink.forceFlush()).resolves.toBeUndefined();
+    const { start, record } = startAndRecord({}, {});
+    sink.begin(start);
+    sink.write(record);
+    await expect(sink.close()).resolves.toBeUndefined();
+
+    expect(health.errors.length).toBeGreaterThanOrEqual(1);
+    expect(new Set(health.errors)).toEqual(new Set(['traces']));
+    expect(lines.filter((l) => l.includes('trace export failed'))).toHaveLength(1);
+  });
+});
