@@ -23,6 +23,7 @@ import { DEFAULTS } from '../src/config/types.js';
 import { SILENT_LOGGER } from '../src/log.js';
 import type { Meter } from '../src/meter/types.js';
 import { createProxyServer, type ProxyServer } from '../src/proxy/server.js';
+import { NOOP_METER } from '../test/proxy/recording-meter.js';
 import { startBenchUpstream } from './upstream.js';
 
 const CONCURRENCY = [1, 16, 64] as const;
@@ -30,17 +31,6 @@ const LATENCY_REQUESTS = { 1: 2000, 16: 6000, 64: 8000 } as const;
 const PHASE_TIME_LIMIT_MS = 6000;
 const STREAM_REQUESTS_FOR_RSS = 10_000;
 const SLOW_READER_MB = 64;
-
-const NOOP_METER: Meter = {
-  inflight: () => 0,
-  begin: () => ({
-    upstreamHeaders: {},
-    onResponseHead() {},
-    onResponseChunk() {},
-    onFirstByteToClient() {},
-    finish() {},
-  }),
-};
 
 const CHAT_BODY = JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'say ok' }] });
 const STREAM_BODY = JSON.stringify({

@@ -20,19 +20,11 @@ import { formatNanos, nanosToUnits, parseDecimal, unitsToNanos } from '../pricin
 import type { RequestRecord } from '../record.js';
 import type { MetricsSink } from '../sinks/metrics.js';
 import type { RequestStart, Sink } from '../sinks/types.js';
-import type { BudgetDecision, BudgetGate, BudgetReservation, BudgetStatus } from './types.js';
+import type { BudgetDecision, BudgetGate, BudgetReservation, BudgetStatus, SpendFilter } from './types.js';
 import { assertTimeZone, periodWindow, type PeriodWindow } from './window.js';
 
-export type { BudgetDecision, BudgetGate, BudgetReservation, BudgetStatus } from './types.js';
+export type { BudgetDecision, BudgetGate, BudgetReservation, BudgetStatus, SpendFilter } from './types.js';
 export { periodWindow, type Period, type PeriodWindow } from './window.js';
-
-export interface SpendFilter {
-  app?: string;
-  model?: string;
-  upstream?: string;
-  fromMs: number;
-  toMs: number;
-}
 
 export type SpendQuery = (filter: SpendFilter) => Array<{ currency: string; cost_nanos: bigint }>;
 

@@ -41,3 +41,15 @@ export interface BudgetStatus {
   warnings_crossed: number[];
   exceeded: boolean;
 }
+
+/** Which audit rows count towards a budget (the audit log's querySpend implements it). */
+export interface SpendFilter {
+  app?: string;
+  /** SQLite GLOB on request_model (`*`, `?`, `[...]`; case-sensitive), like the price table globs. */
+  model?: string;
+  upstream?: string;
+  /** Inclusive start, epoch ms. */
+  fromMs: number;
+  /** Exclusive end, epoch ms. */
+  toMs: number;
+}

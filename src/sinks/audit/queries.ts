@@ -5,17 +5,9 @@
  * excluded from sums and counted separately so nobody mistakes a partial sum for the bill.
  */
 import type Database from 'better-sqlite3';
+import type { SpendFilter } from '../../budgets/types.js';
 
-export interface SpendFilter {
-  app?: string;
-  /** SQLite GLOB on request_model (`*`, `?`, `[...]`; case-sensitive), like the price table globs. */
-  model?: string;
-  upstream?: string;
-  /** Inclusive start, epoch ms. */
-  fromMs: number;
-  /** Exclusive end, epoch ms. */
-  toMs: number;
-}
+export type { SpendFilter };
 
 export interface CurrencySpend {
   currency: string;
