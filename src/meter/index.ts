@@ -140,9 +140,12 @@ class RequestMeterImpl implements RequestMeter {
         ? undefined
         : guard('decoder', undefined, () => createDecoder(this.decoderInfo));
 
-    const decision = deps.budgets
-      ? guard('budgets', undefined, () => deps.budgets!.check(this.start))
-      : undefined;
+    // Budgets gate only operations that cost money: /v1/models, count_tokens, /v1/balance stay open
+    // so a blocked app can still list models and check its balance.
+    const decision =
+      deps.budgets && info.operation !== 'other'
+        ? guard('budgets', undefined, () => deps.budgets!.check(this.start))
+        : undefined;
     if (decision?.blocked) {
       this.rejection = budgetRejection(info.operation, decision.message);
       this.rejectionMessage = decision.message;
