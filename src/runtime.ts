@@ -14,7 +14,7 @@ import { createMeter } from './meter/index.js';
 import type { Meter } from './meter/types.js';
 import { loadPriceBook } from './pricing/index.js';
 import { openAuditLog, type AuditSink } from './sinks/audit/index.js';
-import { querySpend } from './sinks/audit/queries.js';
+import { queryRecentCosts, querySpend } from './sinks/audit/queries.js';
 import { createMetricsSink, type MetricsSink } from './sinks/metrics.js';
 import { createTraceSink } from './sinks/traces.js';
 import type { Sink } from './sinks/types.js';
@@ -94,6 +94,9 @@ export async function buildRuntime(
       ? createBudgets({
           budgets: settings.budgets,
           spend: audit ? (filter) => querySpend(audit.db, filter) : () => [],
+          recentCosts: audit
+            ? (filter, currency, n) => queryRecentCosts(audit.db, filter, currency, n)
+            : undefined,
           metrics: metricsSink,
           log,
         })

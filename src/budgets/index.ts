@@ -32,6 +32,11 @@ export interface BudgetsOptions {
   budgets: BudgetConfig[];
   /** Period-to-date spend from the audit log (its `querySpend`), injected. Model is a SQLite GLOB. */
   spend: SpendQuery;
+  /**
+   * Recent in-scope costs from the audit log (its `queryRecentCosts`), newest first: seeds the
+   * reservation estimate at start so a restart does not fall back to the 1%-of-limit guess.
+   */
+  recentCosts?: (filter: SpendFilter, currency: string, limit: number) => bigint[];
   metrics?: Pick<MetricsSink, 'budget'>;
   now?: () => number;
   log: Logger;
@@ -40,6 +45,9 @@ export interface BudgetsOptions {
 export interface Budgets extends BudgetGate, Sink {
   status(): BudgetStatus[];
 }
+
+/** How far back the audit log is searched for recent costs to seed the estimate at start. */
+const RECENT_COSTS_LOOKBACK_MS = 30 * 86_400_000;
 
 /** How many recent in-scope costs the reservation estimate looks at. */
 export const ESTIMATE_WINDOW = 20;
@@ -146,6 +154,7 @@ export function createBudgets(opts: BudgetsOptions): Budgets {
       exceededLogged: false,
     };
     state.base = loadBase(state, window.start, t);
+    state.recentCosts = loadRecentCosts(state, t);
     return state;
   });
 
@@ -168,6 +177,21 @@ export function createBudgets(opts: BudgetsOptions): Budgets {
       else otherCurrency(b, r.currency);
     }
     return total;
+  }
+
+  function loadRecentCosts(b: BudgetState, nowMs: number): bigint[] {
+    if (!opts.recentCosts) return [];
+    const { app, model, upstream } = b.config.scope;
+    try {
+      // Newest first from the DB; the window keeps them oldest first.
+      const filter = { app, model, upstream, fromMs: nowMs - RECENT_COSTS_LOOKBACK_MS, toMs: nowMs };
+      return opts.recentCosts(filter, b.config.currency, ESTIMATE_WINDOW).reverse();
+    } catch (err) {
+      log.once('budgets:recent-costs', 'warn', 'budget estimate could not be seeded from the audit log', {
+        error: String(err),
+      });
+      return [];
+    }
   }
 
   function otherCurrency(b: BudgetState, currency: string): void {

@@ -7,7 +7,7 @@ import { BudgetConfig } from '../../src/config/schema.js';
 import { createLogger, SILENT_LOGGER } from '../../src/log.js';
 import type { RequestRecord } from '../../src/record.js';
 import { openAuditLog } from '../../src/sinks/audit/index.js';
-import { querySpend } from '../../src/sinks/audit/queries.js';
+import { queryRecentCosts, querySpend } from '../../src/sinks/audit/queries.js';
 import { createMetricsSink } from '../../src/sinks/metrics.js';
 import { NOOP_HEALTH } from '../../src/sinks/types.js';
 import { parseExposition, valueOf } from '../metrics/exposition.js';
@@ -150,10 +150,19 @@ describe('budgets: period-to-date spend', () => {
         const restarted = createBudgets({
           budgets: config,
           spend: (f) => querySpend(second.db, f),
+          recentCosts: (f, currency, n) => queryRecentCosts(second.db, f, currency, n),
           now: () => NOW + 60_000,
           log: SILENT_LOGGER,
         });
         expect(restarted.status()[0]!.spent_nanos).toBe(500_000_000n);
+        // Recent in-scope costs (30-day lookback, newest first), for the reservation estimate.
+        const recent = queryRecentCosts(
+          second.db,
+          { model: 'gpt-*', fromMs: NOW - 86_400_000, toMs: NOW + 1 },
+          'CNY',
+          20,
+        );
+        expect(recent.sort()).toEqual([200_000_000n, 300_000_000n, 400_000_000n].sort());
       } finally {
         await second.close();
       }
@@ -368,5 +377,26 @@ describe('budget scope globs (SQLite GLOB semantics)', () => {
     expect(globToRegExp('claude-[^0-9]*').test('claude-3-opus')).toBe(false);
     expect(globToRegExp('a.b+(c)').test('a.b+(c)')).toBe(true);
     expect(globToRegExp('a.b').test('axb')).toBe(false);
+  });
+});
+
+describe('budgets: the reservation estimate survives a restart', () => {
+  it('seeds the estimate from recent costs in the audit log, not the 1%-of-limit guess', () => {
+    const admitted = (recentCosts?: () => bigint[]) => {
+      const b = createBudgets({
+        budgets: [budget({ action: 'block' })],
+        spend: () => [{ currency: 'CNY', cost_nanos: 900_000_000n }], // 0.90 of 1.00 spent
+        recentCosts,
+        now: () => NOW,
+        log: SILENT_LOGGER,
+      });
+      let n = 0;
+      for (let i = 0; i < 20; i++) if (!b.check(makeStart({ ts_start: NOW })).blocked) n++;
+      return n;
+    };
+    // Typical request costs 0.05: 0.90 → 0.95 → 1.00, then blocked.
+    expect(admitted(() => [50_000_000n, 20_000_000n])).toBe(2);
+    // Without history the estimate is 1% of the limit: ten requests get in before the block.
+    expect(admitted()).toBe(10);
   });
 });
