@@ -324,8 +324,11 @@ class RequestMeterImpl implements RequestMeter {
       if (price?.reason && price.cost_nanos === null) this.notes.push(price.reason);
     }
 
+    // §4.5: first *content* byte of a stream. A streamed request answered with an error body
+    // (4xx/5xx JSON) has no content; counting it would pull TTFT percentiles down with fast errors.
+    const answeredStream = info.stream && status !== null && status < 400;
     const ttft =
-      info.stream && this.firstByteAt !== undefined ? this.firstByteAt - this.start.ts_start : null;
+      answeredStream && this.firstByteAt !== undefined ? this.firstByteAt - this.start.ts_start : null;
     const upstreamRequestId =
       classification?.upstreamRequestId ??
       decoded?.upstreamRequestId ??

@@ -549,6 +549,13 @@ export function createProxyServer(opts: ProxyServerOptions): ProxyServer {
       upRes.on('close', () => {
         if (finished || upRes.complete) return;
         clearTimers();
+        // The client connection was already gone (close() cut it after the shutdown grace, or the
+        // client left and its 'close' event is still queued): the upstream closing now is a
+        // consequence, so this is a client_abort, not an upstream fault (docs/proxy.md, Shutdown).
+        if (req.socket.destroyed) {
+          finish({ kind: 'client_abort' });
+          return;
+        }
         res.destroy();
         finish({ kind: 'upstream_reset', message: 'upstream closed the connection mid-response' });
       });

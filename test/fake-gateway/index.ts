@@ -57,7 +57,8 @@
  * | big-event               | one extra event ≥ x-fake-event-bytes (default 9 MiB) after the first content chunk |
  *
  * KNOB HEADERS: x-fake-scenario, x-fake-delay-ms, x-fake-chunks, x-fake-reset-after, x-fake-event-bytes,
- * x-fake-split-bytes.
+ * x-fake-split-bytes, x-fake-usage (JSON usage object in the flavor's wire shape, sent instead of the
+ * computed one; streams carry it wherever that flavor carries its final usage).
  * EVERY RESPONSE: `x-request-id: req-<n>` (n = 1-based request number on this gateway),
  * x-ratelimit-limit-requests 60, x-ratelimit-remaining-requests max(0, 60-n),
  * x-ratelimit-limit-tokens 100000, x-ratelimit-remaining-tokens max(0, 100000-1000·n),

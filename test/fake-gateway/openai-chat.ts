@@ -40,7 +40,9 @@ const AZURE_FILTER_RESULTS = {
 export function finalUsage(input: EndpointInput): JsonObject | undefined {
   if (input.scenario.names.has('no-usage')) return undefined;
   const expected = expectedUsage(input.flavor, input.request, { chunks: input.scenario.chunks });
-  return input.scenario.names.has('cost') ? { ...expected.wire, cost: expected.reportedCost } : expected.wire;
+  // x-fake-usage replaces the computed figures (same wire shape, the caller's exact counts).
+  const wire = input.scenario.usage ?? expected.wire;
+  return input.scenario.names.has('cost') ? { ...wire, cost: expected.reportedCost } : wire;
 }
 
 /** `length` under the max-tokens scenario, else `stop`. */

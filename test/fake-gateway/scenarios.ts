@@ -54,6 +54,9 @@ export interface Scenario {
   bigEventBytes: number;
   /** Under split-writes: bytes per write (x-fake-split-bytes, default 1). */
   splitBytes: number;
+  /** x-fake-usage: a JSON usage object, in the flavor's wire shape, sent instead of the computed one
+   * (so cost tests can state exact counts, e.g. 1,000 prompt tokens of which 600 cached). */
+  usage?: Record<string, unknown>;
 }
 
 export const DEFAULT_SLOW_DELAY_MS = 50;
@@ -70,6 +73,20 @@ function intHeader(headers: IncomingHttpHeaders, name: string): number | undefin
   if (raw === undefined) return undefined;
   const value = Number.parseInt(raw, 10);
   return Number.isFinite(value) && value >= 0 ? value : undefined;
+}
+
+/** x-fake-usage as a JSON object; anything else (absent, not JSON, not an object) is ignored. */
+function usageHeader(headers: IncomingHttpHeaders): Record<string, unknown> | undefined {
+  const raw = headerValue(headers, 'x-fake-usage');
+  if (raw === undefined) return undefined;
+  try {
+    const parsed: unknown = JSON.parse(raw);
+    return typeof parsed === 'object' && parsed !== null && !Array.isArray(parsed)
+      ? (parsed as Record<string, unknown>)
+      : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** Splits a request model into scenario names and the model that picks the flavor. */
@@ -103,5 +120,6 @@ export function parseScenario(headers: IncomingHttpHeaders, modelScenarios: stri
     resetAfter: intHeader(headers, 'x-fake-reset-after') ?? DEFAULT_RESET_AFTER,
     bigEventBytes: intHeader(headers, 'x-fake-event-bytes') ?? DEFAULT_BIG_EVENT_BYTES,
     splitBytes: Math.max(1, intHeader(headers, 'x-fake-split-bytes') ?? 1),
+    usage: usageHeader(headers),
   };
 }
