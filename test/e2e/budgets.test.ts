@@ -13,7 +13,7 @@ import Database from 'better-sqlite3';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { expectedUsage, startFakeGateway, type FakeGateway } from '../fake-gateway/index.js';
-import { runCli, samples, startServe, waitFor, type ServeChild } from './serve-child.js';
+import { runCli, samples, startServe, waitFor, type ServeProcess } from './helpers.js';
 
 const API_KEY = 'sk-e2e-budget-secret-key';
 // USD per 1K tokens: an input token is 1e6 nanos, an output token 2e6.
@@ -36,7 +36,7 @@ let gateway: FakeGateway;
 let dir: string;
 let configFile: string;
 let dbFile: string;
-const children: ServeChild[] = [];
+const children: ServeProcess[] = [];
 
 beforeAll(async () => {
   gateway = await startFakeGateway();
@@ -74,7 +74,7 @@ afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-async function serve(): Promise<ServeChild> {
+async function serve(): Promise<ServeProcess> {
   const s = await startServe(['--config', configFile], { cwd: dir });
   children.push(s);
   return s;
@@ -100,7 +100,7 @@ function anthropicClient(base: string, app: string): Anthropic {
 }
 
 /** The budget gauge of a running serve, in currency units. */
-async function gauge(s: ServeChild, name: string, budget: string): Promise<number | undefined> {
+async function gauge(s: ServeProcess, name: string, budget: string): Promise<number | undefined> {
   const text = await (await fetch(`${s.base}/metrics`)).text();
   return samples(text, name, { budget, currency: 'USD' })[0]?.value;
 }

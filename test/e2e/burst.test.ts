@@ -11,16 +11,19 @@ import OpenAI from 'openai';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { expectedUsage, startFakeGateway, type FakeGateway, type Flavor } from '../fake-gateway/index.js';
+import { expectedUsage, type FakeGateway, type Flavor } from '../fake-gateway/index.js';
 import {
-  makeTempDir,
+  closeWorld,
   readRows,
   runCli,
+  serveConfig,
   startServe,
+  startWorld,
   waitForRows,
   writeFile,
   type Row,
   type ServeProcess,
+  type TempDir,
 } from './helpers.js';
 
 const KEYED_KEY = 'sk-burst-keyed-app-key';
@@ -142,20 +145,19 @@ function handCost(p: Planned): bigint {
 }
 
 let gateway: FakeGateway;
-let tmp: ReturnType<typeof makeTempDir>;
+let tmp: TempDir;
 let dbPath: string;
 let configPath: string;
 let keyedId: string;
 let serve: ServeProcess | undefined;
 
 beforeAll(async () => {
-  gateway = await startFakeGateway();
-  tmp = makeTempDir('tm-e2e-burst-');
-  dbPath = join(tmp.dir, 'audit.db');
-  writeFile(tmp.dir, 'usd.yaml', USD_PRICES);
-  writeFile(tmp.dir, 'cny.yaml', CNY_PRICES);
+  ({ gateway, tmp, dbPath } = await startWorld('tm-e2e-burst-', {
+    'usd.yaml': USD_PRICES,
+    'cny.yaml': CNY_PRICES,
+  }));
   // The fingerprint comes from the real CLI, against the DB serve will use (same secret).
-  const keyId = await runCli(['key-id', KEYED_KEY, '--db', dbPath], tmp.dir);
+  const keyId = await runCli(['key-id', KEYED_KEY, '--db', dbPath], { cwd: tmp.dir });
   expect(keyId.code).toBe(0);
   keyedId = keyId.stdout.trim();
   expect(keyedId).toMatch(/^[0-9a-f]{12}$/);
@@ -172,14 +174,47 @@ upstreams:
   - { name: fake, url: "${gateway.url}/v1" }
 `,
   );
-  serve = await startServe(tmp.dir, ['--config', configPath]);
+  serve = await startServe(['--config', configPath], { cwd: tmp.dir });
 }, 60_000);
 
 afterAll(async () => {
   if (serve !== undefined) await serve.stop();
-  await gateway?.close();
-  tmp?.remove();
+  await closeWorld({ gateway, tmp });
 });
+
+/** serve with `<name>.yaml` on its own `<name>.db`: the burst's prices and upstream, plus `extra`. */
+function serveOwnDb(name: string, extra = ''): Promise<ServeProcess> {
+  return serveConfig(
+    tmp.dir,
+    `db: ${name}.db
+presets: false
+prices: [usd.yaml, cny.yaml]
+${extra}upstreams:
+  - { name: fake, url: "${gateway.url}/v1" }
+`,
+    `${name}.yaml`,
+  );
+}
+
+/** POSTs `body` to serve's chat completions as the fake's slow-stream scenario: `chunks`, one every `delayMs`. */
+function postSlowStream(
+  base: string,
+  key: string,
+  slow: { delayMs: number; chunks: number },
+  body: object,
+): Promise<Response> {
+  return fetch(`${base}/v1/chat/completions`, {
+    method: 'POST',
+    headers: {
+      authorization: `Bearer ${key}`,
+      'content-type': 'application/json',
+      'x-fake-scenario': 'slow-stream',
+      'x-fake-delay-ms': String(slow.delayMs),
+      'x-fake-chunks': String(slow.chunks),
+    },
+    body: JSON.stringify(body),
+  });
+}
 
 async function send(base: string, p: Planned): Promise<void> {
   const key = p.app === 'keyed' ? KEYED_KEY : OTHER_KEY;
@@ -359,10 +394,9 @@ describe('burst of mixed traffic through tokenmeter serve', () => {
       ).toBeLessThan(1e-9);
     }
 
-    const report = await runCli(
-      ['report', '--config', configPath, '--by', 'app,model', '--format', 'json'],
-      tmp.dir,
-    );
+    const report = await runCli(['report', '--config', configPath, '--by', 'app,model', '--format', 'json'], {
+      cwd: tmp.dir,
+    });
     expect(report.stderr).toBe('');
     expect(report.code).toBe(0);
     const parsed = JSON.parse(report.stdout) as {
@@ -411,17 +445,7 @@ describe('burst of mixed traffic through tokenmeter serve', () => {
       stream: true,
       messages: [{ role: 'user', content: 'drain-marker one two three' }],
     };
-    const res = await fetch(`${running.base}/v1/chat/completions`, {
-      method: 'POST',
-      headers: {
-        authorization: `Bearer ${KEYED_KEY}`,
-        'content-type': 'application/json',
-        'x-fake-scenario': 'slow-stream',
-        'x-fake-delay-ms': '100',
-        'x-fake-chunks': '12',
-      },
-      body: JSON.stringify(request),
-    });
+    const res = await postSlowStream(running.base, KEYED_KEY, { delayMs: 100, chunks: 12 }, request);
     expect(res.status).toBe(200);
     const reader = res.body!.getReader();
     const first = await reader.read();
@@ -479,7 +503,7 @@ describe('burst of mixed traffic through tokenmeter serve', () => {
 
     // Restart on the same DB: the rows are still there, the key fingerprint is unchanged, and
     // new rows append.
-    serve = await startServe(tmp.dir, ['--config', configPath]);
+    serve = await startServe(['--config', configPath], { cwd: tmp.dir });
     const client = new OpenAI({ baseURL: `${serve.base}/v1`, apiKey: KEYED_KEY, maxRetries: 0 });
     await client.chat.completions.create({ model: 'gpt-4o', messages: [{ role: 'user', content: 'again' }] });
     const total = REQUESTS + 2 + LAST_WAVE;
@@ -492,35 +516,15 @@ describe('burst of mixed traffic through tokenmeter serve', () => {
   }, 60_000);
   it('a stream longer than shutdown_grace is cut at the deadline: exit 0, row says client_abort', async () => {
     const graceDb = join(tmp.dir, 'grace.db');
-    const graceConfig = writeFile(
-      tmp.dir,
-      'grace.yaml',
-      `db: grace.db
-presets: false
-prices: [usd.yaml, cny.yaml]
-limits: { shutdown_grace: 300ms }
-upstreams:
-  - { name: fake, url: "${gateway.url}/v1" }
-`,
-    );
     await serve?.stop(); // when run alone (-t), the burst's own serve is still up
-    const graceServe = await startServe(tmp.dir, ['--config', graceConfig]);
+    const graceServe = await serveOwnDb('grace', 'limits: { shutdown_grace: 300ms }\n');
     serve = graceServe;
-    const res = await fetch(`${graceServe.base}/v1/chat/completions`, {
-      method: 'POST',
-      headers: {
-        authorization: `Bearer ${OTHER_KEY}`,
-        'content-type': 'application/json',
-        'x-fake-scenario': 'slow-stream',
-        'x-fake-delay-ms': '200',
-        'x-fake-chunks': '30',
-      },
-      body: JSON.stringify({
-        model: 'gpt-4o',
-        stream: true,
-        messages: [{ role: 'user', content: 'too long' }],
-      }),
-    });
+    const res = await postSlowStream(
+      graceServe.base,
+      OTHER_KEY,
+      { delayMs: 200, chunks: 30 },
+      { model: 'gpt-4o', stream: true, messages: [{ role: 'user', content: 'too long' }] },
+    );
     const reader = res.body!.getReader();
     expect((await reader.read()).done).toBe(false);
     graceServe.child.kill('SIGTERM');
@@ -556,17 +560,7 @@ upstreams:
   it('traffic first: a DB locked by another process delays rows, never requests; all rows land', async () => {
     await serve?.stop();
     const lockedDb = join(tmp.dir, 'contended.db');
-    const lockedConfig = writeFile(
-      tmp.dir,
-      'contended.yaml',
-      `db: contended.db
-presets: false
-prices: [usd.yaml, cny.yaml]
-upstreams:
-  - { name: fake, url: "${gateway.url}/v1" }
-`,
-    );
-    const lockedServe = await startServe(tmp.dir, ['--config', lockedConfig]);
+    const lockedServe = await serveOwnDb('contended');
     serve = lockedServe;
     const client = new OpenAI({ baseURL: `${lockedServe.base}/v1`, apiKey: OTHER_KEY, maxRetries: 0 });
     const ask = (text: string) =>

@@ -9,17 +9,18 @@ import OpenAI from 'openai';
 import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startFakeGateway, type FakeGateway } from '../fake-gateway/index.js';
+import type { FakeGateway } from '../fake-gateway/index.js';
 import {
-  makeTempDir,
+  closeWorld,
   ROOT,
   rowByRequestId,
   runCli,
-  startServe,
+  serveConfig,
+  startWorld,
   waitForRows,
-  writeFile,
   type Row,
   type ServeProcess,
+  type TempDir,
 } from './helpers.js';
 
 const KEY = 'sk-e2e-costs-secret';
@@ -62,18 +63,16 @@ const ANTHROPIC_NANOS = 11_850_000;
 
 let gateway: FakeGateway;
 let serve: ServeProcess;
-let tmp: ReturnType<typeof makeTempDir>;
+let tmp: TempDir;
 let dbPath: string;
 
 beforeAll(async () => {
-  gateway = await startFakeGateway();
-  tmp = makeTempDir('tm-e2e-costs-');
-  dbPath = join(tmp.dir, 'audit.db');
-  writeFile(tmp.dir, 'cny.yaml', CNY_PRICES);
-  writeFile(tmp.dir, 'usd.yaml', USD_PRICES);
-  writeFile(
+  ({ gateway, tmp, dbPath } = await startWorld('tm-e2e-costs-', {
+    'cny.yaml': CNY_PRICES,
+    'usd.yaml': USD_PRICES,
+  }));
+  serve = await serveConfig(
     tmp.dir,
-    'tokenmeter.yaml',
     `db: audit.db
 presets: false
 prices: [cny.yaml, usd.yaml]
@@ -83,13 +82,11 @@ upstreams:
   - { name: trusted, url: "${gateway.url}/v1", prefix: /trust, trust_reported_cost: true }
 `,
   );
-  serve = await startServe(tmp.dir, ['--config', join(tmp.dir, 'tokenmeter.yaml')]);
 }, 60_000);
 
 afterAll(async () => {
   if (serve !== undefined) expect(await serve.stop()).toBe(0);
-  await gateway?.close();
-  tmp?.remove();
+  await closeWorld({ gateway, tmp });
 });
 
 async function one(send: () => Promise<unknown>): Promise<Row> {
@@ -276,7 +273,7 @@ describe('tokenmeter prices check on the bundled presets', () => {
   });
 
   it.each(presets)('%s passes (exit 0)', async (file) => {
-    const result = await runCli(['prices', 'check', join(ROOT, 'prices', file)], tmp.dir);
+    const result = await runCli(['prices', 'check', join(ROOT, 'prices', file)], { cwd: tmp.dir });
     expect(result.stderr).toBe('');
     expect(result.code).toBe(0);
   });

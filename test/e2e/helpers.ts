@@ -1,8 +1,9 @@
 /**
- * End-to-end harness: the fake gateway plus `tokenmeter serve` as a real child process
- * (`node --import tsx src/cli/main.ts serve`) with a real config file, price file and SQLite audit
- * log in a temp dir. Rows are read from the DB file read-only, polling (bounded) until the audit
- * queue has flushed the expected number. Same spawn recipe as test/proxy/serve-cli.test.ts.
+ * End-to-end harness: the fake gateway plus the real `tokenmeter` CLI as a child process
+ * (`node --import tsx src/cli/main.ts …`, as users run it) with a real config file, price file and
+ * SQLite audit log in a temp dir. Rows are read from the DB file read-only, polling (bounded) until
+ * the audit queue has flushed the expected number. Same spawn recipe as
+ * test/proxy/serve-cli.test.ts. Every wait is bounded.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -12,6 +13,7 @@ import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import Database from 'better-sqlite3';
 import type { RequestRecord } from '../../src/record.js';
+import { startFakeGateway, type FakeGateway } from '../fake-gateway/index.js';
 
 export const ROOT = resolve(import.meta.dirname, '../..');
 const MAIN = join(ROOT, 'src/cli/main.ts');
@@ -21,18 +23,26 @@ const TSX = pathToFileURL(createRequire(import.meta.url).resolve('tsx')).href;
 /** A DB row: the record's fields, with SQLite's integer booleans. */
 export type Row = Omit<RequestRecord, 'stream'> & { stream: number };
 
-export function makeTempDir(prefix: string): { dir: string; remove: () => void } {
+export interface TempDir {
+  dir: string;
+  remove: () => void;
+}
+
+export function makeTempDir(prefix: string): TempDir {
   const dir = mkdtempSync(join(tmpdir(), prefix));
   return { dir, remove: () => rmSync(dir, { recursive: true, force: true }) };
 }
 
-/** The environment without any TOKENMETER_* / OTEL_* of the developer's shell; OTel disabled. */
-export function cleanEnv(): NodeJS.ProcessEnv {
+/**
+ * The environment without any TOKENMETER_* / OTEL_* of the developer's shell (so the test decides),
+ * plus `extra`; OTel disabled unless `extra` sets some OTEL_*.
+ */
+export function childEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = {};
   for (const [k, v] of Object.entries(process.env))
     if (!k.startsWith('TOKENMETER_') && !k.startsWith('OTEL_')) env[k] = v;
-  env.OTEL_SDK_DISABLED = 'true';
-  return env;
+  if (!Object.keys(extra).some((k) => k.startsWith('OTEL_'))) env.OTEL_SDK_DISABLED = 'true';
+  return { ...env, ...extra };
 }
 
 export interface CliResult {
@@ -41,18 +51,18 @@ export interface CliResult {
   stderr: string;
 }
 
-/** Runs one tokenmeter subcommand to completion (bounded by `timeoutMs`). */
-export async function runCli(args: string[], cwd: string, timeoutMs = 30_000): Promise<CliResult> {
+/** Runs one tokenmeter subcommand to completion (killed after `timeoutMs`). */
+export async function runCli(args: string[], opts: { cwd: string; timeoutMs?: number }): Promise<CliResult> {
   const child = spawn(process.execPath, ['--import', TSX, MAIN, ...args], {
-    cwd,
-    env: cleanEnv(),
+    cwd: opts.cwd,
+    env: childEnv(),
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let stdout = '';
   let stderr = '';
   child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
   child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-  const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+  const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? 30_000);
   const code = await new Promise<number | null>((r) => child.on('close', (c) => r(c)));
   clearTimeout(timer);
   return { code, stdout, stderr };
@@ -75,15 +85,18 @@ export interface ServeProcess {
   stop(timeoutMs?: number): Promise<number | null>;
 }
 
-/** Starts `tokenmeter serve --config <file> --port 0` in `cwd` and waits for its listening line. */
+/**
+ * Starts `tokenmeter serve --port 0 <args>` in `opts.cwd` (with `opts.env` on top of
+ * {@link childEnv}) and waits for its listening line.
+ */
 export async function startServe(
-  cwd: string,
   args: string[],
-  startTimeoutMs = 30_000,
+  opts: { cwd: string; env?: Record<string, string>; startTimeoutMs?: number },
 ): Promise<ServeProcess> {
+  const startTimeoutMs = opts.startTimeoutMs ?? 30_000;
   const child = spawn(process.execPath, ['--import', TSX, MAIN, 'serve', '--port', '0', ...args], {
-    cwd,
-    env: cleanEnv(),
+    cwd: opts.cwd,
+    env: childEnv(opts.env),
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   let err = '';
@@ -130,6 +143,35 @@ export async function startServe(
   };
 }
 
+/** `tokenmeter serve --config <dir>/<name>` after writing `yaml` there. */
+export async function serveConfig(
+  dir: string,
+  yaml: string,
+  name = 'tokenmeter.yaml',
+): Promise<ServeProcess> {
+  return startServe(['--config', writeFile(dir, name, yaml)], { cwd: dir });
+}
+
+/** What records, costs and burst share: the fake gateway, a temp dir with `files` written, its audit.db. */
+export interface E2eWorld {
+  gateway: FakeGateway;
+  tmp: TempDir;
+  dbPath: string;
+}
+
+export async function startWorld(prefix: string, files: Record<string, string>): Promise<E2eWorld> {
+  const gateway = await startFakeGateway();
+  const tmp = makeTempDir(prefix);
+  for (const [name, text] of Object.entries(files)) writeFile(tmp.dir, name, text);
+  return { gateway, tmp, dbPath: join(tmp.dir, 'audit.db') };
+}
+
+/** Closes the gateway and removes the temp dir (either may be missing after a failed beforeAll). */
+export async function closeWorld(world: Partial<E2eWorld> | undefined): Promise<void> {
+  await world?.gateway?.close();
+  world?.tmp?.remove();
+}
+
 export function writeFile(dir: string, name: string, text: string): string {
   const path = join(dir, name);
   writeFileSync(path, text);
@@ -173,3 +215,38 @@ export function rowByRequestId(rows: Row[], requestId: string): Row {
 
 /** `undefined` (not stated on the wire) is NULL in the DB. */
 export const orNull = <T>(v: T | undefined): T | null => (v === undefined ? null : v);
+
+/** One sample of a Prometheus text exposition: value of `name{labels}` where every given label matches. */
+export function samples(
+  text: string,
+  name: string,
+  labels: Record<string, string> = {},
+): Array<{ labels: Record<string, string>; value: number }> {
+  const out: Array<{ labels: Record<string, string>; value: number }> = [];
+  for (const line of text.split('\n')) {
+    if (line.startsWith('#')) continue;
+    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
+    if (!m || m[1] !== name) continue;
+    const parsed: Record<string, string> = {};
+    for (const l of (m[2] ?? '').matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g))
+      parsed[l[1]!] = l[2]!;
+    if (Object.entries(labels).every(([k, v]) => parsed[k] === v))
+      out.push({ labels: parsed, value: Number(m[3]) });
+  }
+  return out;
+}
+
+/** Polls `probe` every 20 ms until it returns a value other than undefined, or fails after `timeoutMs`. */
+export async function waitFor<T>(
+  what: string,
+  probe: () => Promise<T | undefined> | T | undefined,
+  timeoutMs = 10_000,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await probe();
+    if (v !== undefined) return v;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}

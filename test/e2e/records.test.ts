@@ -8,18 +8,18 @@ import Anthropic from '@anthropic-ai/sdk';
 import OpenAI from 'openai';
 import { gunzipSync } from 'node:zlib';
 import { createServer, type AddressInfo } from 'node:net';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { expectedUsage, startFakeGateway, type FakeGateway, type Flavor } from '../fake-gateway/index.js';
+import { expectedUsage, type FakeGateway, type Flavor } from '../fake-gateway/index.js';
 import {
-  makeTempDir,
+  closeWorld,
   orNull,
   rowByRequestId,
-  startServe,
+  serveConfig,
+  startWorld,
   waitForRows,
-  writeFile,
   type Row,
   type ServeProcess,
+  type TempDir,
 } from './helpers.js';
 
 const KEY = 'sk-e2e-records-secret';
@@ -46,7 +46,7 @@ prices:
 
 let gateway: FakeGateway;
 let serve: ServeProcess;
-let tmp: ReturnType<typeof makeTempDir>;
+let tmp: TempDir;
 let dbPath: string;
 let openai: OpenAI;
 let anthropic: Anthropic;
@@ -62,14 +62,10 @@ async function closedPort(): Promise<number> {
 }
 
 beforeAll(async () => {
-  gateway = await startFakeGateway();
+  ({ gateway, tmp, dbPath } = await startWorld('tm-e2e-records-', { 'prices.yaml': PRICES }));
   deadPort = await closedPort();
-  tmp = makeTempDir('tm-e2e-records-');
-  dbPath = join(tmp.dir, 'audit.db');
-  writeFile(tmp.dir, 'prices.yaml', PRICES);
-  writeFile(
+  serve = await serveConfig(
     tmp.dir,
-    'tokenmeter.yaml',
     `db: audit.db
 presets: false
 prices: [prices.yaml]
@@ -82,15 +78,13 @@ limits:
   max_apps: 3
 `,
   );
-  serve = await startServe(tmp.dir, ['--config', join(tmp.dir, 'tokenmeter.yaml')]);
   openai = new OpenAI({ baseURL: `${serve.base}/v1`, apiKey: KEY, maxRetries: 0 });
   anthropic = new Anthropic({ baseURL: serve.base, apiKey: KEY, maxRetries: 0 });
 }, 60_000);
 
 afterAll(async () => {
   if (serve !== undefined) expect(await serve.stop()).toBe(0);
-  await gateway?.close();
-  tmp?.remove();
+  await closeWorld({ gateway, tmp });
 });
 
 /** Runs one request and returns the fake's request id for it plus its audit row (once flushed). */
@@ -110,6 +104,39 @@ async function one(send: () => Promise<unknown>): Promise<{ requestId: string; r
 }
 const seenRowIds = new Set<string>();
 
+type Reported = { operation: string; stream: boolean; finish: string | null; model: string | null };
+
+/**
+ * For `request` as `flavor` documents it: `(stream, send)` runs {@link one} and checks that its row
+ * is exactly the reported usage, with `want` and `stream`. Returns the row.
+ */
+function reportedAs(
+  flavor: Flavor,
+  request: object,
+  want: Omit<Reported, 'stream'>,
+): (stream: boolean, send: () => Promise<unknown>) => Promise<Row> {
+  return async (stream, send) => {
+    const { requestId, row } = await one(send);
+    expectReported(row, flavor, request, { ...want, stream, requestId });
+    return row;
+  };
+}
+
+/** POSTs `body` as JSON to serve's `path` with our key (plus `headers`), as a raw HTTP client would. */
+function post(
+  path: string,
+  body: object,
+  headers: Record<string, string> = {},
+  signal?: AbortSignal,
+): Promise<Response> {
+  return fetch(`${serve.base}${path}`, {
+    method: 'POST',
+    signal,
+    headers: { authorization: `Bearer ${KEY}`, 'content-type': 'application/json', ...headers },
+    body: JSON.stringify(body),
+  });
+}
+
 async function drain(stream: AsyncIterable<unknown>): Promise<void> {
   for await (const _event of stream) {
     // Consume every event as an app would.
@@ -120,13 +147,7 @@ function expectReported(
   row: Row,
   flavor: Flavor,
   request: object,
-  want: {
-    operation: string;
-    stream: boolean;
-    finish: string | null;
-    model: string | null;
-    requestId: string;
-  },
+  want: Reported & { requestId: string },
 ): void {
   const e = expectedUsage(flavor, request);
   expect({
@@ -177,181 +198,91 @@ const chatReq = (model: string, text: string): ChatRequest => ({
   ],
 });
 
+/** Sends `req` streamed with the openai SDK and reads the stream to its end. */
+const streamChat = (req: ChatRequest) => async (): Promise<void> =>
+  drain(await openai.chat.completions.create({ ...req, stream: true as const }));
+
 describe('one exact row per request, every operation, through tokenmeter serve', () => {
   it('chat completions, non-streamed and streamed (openai SDK; usage injected for the stream)', async () => {
     const req = chatReq('gpt-4o', 'hello there general kenobi');
-    const a = await one(() => openai.chat.completions.create(req));
-    expectReported(a.row, 'openai', req, {
-      operation: 'chat',
-      stream: false,
-      finish: 'stop',
-      model: 'gpt-4o',
-      requestId: a.requestId,
-    });
-    const b = await one(async () =>
-      drain(await openai.chat.completions.create({ ...req, stream: true as const })),
-    );
-    expectReported(b.row, 'openai', req, {
-      operation: 'chat',
-      stream: true,
-      finish: 'stop',
-      model: 'gpt-4o',
-      requestId: b.requestId,
-    });
+    const check = reportedAs('openai', req, { operation: 'chat', finish: 'stop', model: 'gpt-4o' });
+    await check(false, () => openai.chat.completions.create(req));
+    await check(true, streamChat(req));
   });
 
   it('reasoning model (o3-mini): cached and reasoning tokens', async () => {
     const req = chatReq('o3-mini', 'think about this');
-    const a = await one(() => openai.chat.completions.create(req));
-    expectReported(a.row, 'openai-reasoning', req, {
+    const check = reportedAs('openai-reasoning', req, {
       operation: 'chat',
-      stream: false,
       finish: 'stop',
       model: 'o3-mini',
-      requestId: a.requestId,
     });
-    expect(a.row.reasoning_tokens).toBe(4);
+    const a = await check(false, () => openai.chat.completions.create(req));
+    expect(a.reasoning_tokens).toBe(4);
   });
 
   it('DeepSeek cached request, non-streamed and streamed', async () => {
     const req = chatReq('deepseek-chat', 'what is the cache doing today');
-    const a = await one(() => openai.chat.completions.create(req));
-    expectReported(a.row, 'deepseek', req, {
-      operation: 'chat',
-      stream: false,
-      finish: 'stop',
-      model: 'deepseek-chat',
-      requestId: a.requestId,
-    });
-    expect(a.row.cache_read_tokens).toBeGreaterThan(0);
-    const b = await one(async () =>
-      drain(await openai.chat.completions.create({ ...req, stream: true as const })),
-    );
-    expectReported(b.row, 'deepseek', req, {
-      operation: 'chat',
-      stream: true,
-      finish: 'stop',
-      model: 'deepseek-chat',
-      requestId: b.requestId,
-    });
+    const check = reportedAs('deepseek', req, { operation: 'chat', finish: 'stop', model: 'deepseek-chat' });
+    const a = await check(false, () => openai.chat.completions.create(req));
+    expect(a.cache_read_tokens).toBeGreaterThan(0);
+    await check(true, streamChat(req));
   });
 
   it('GLM stream (usage on the finish chunk) and MiniMax stream (zero placeholders, then usage)', async () => {
     const glm = chatReq('glm-4-flash', 'ni hao ma');
-    const a = await one(async () =>
-      drain(await openai.chat.completions.create({ ...glm, stream: true as const })),
-    );
-    expectReported(a.row, 'glm', glm, {
-      operation: 'chat',
-      stream: true,
-      finish: 'stop',
-      model: 'glm-4-flash',
-      requestId: a.requestId,
-    });
+    const checkGlm = reportedAs('glm', glm, { operation: 'chat', finish: 'stop', model: 'glm-4-flash' });
+    await checkGlm(true, streamChat(glm));
     const mm = chatReq('minimax-m1', 'one two three four five');
-    const b = await one(async () =>
-      drain(await openai.chat.completions.create({ ...mm, stream: true as const })),
-    );
-    expectReported(b.row, 'minimax', mm, {
-      operation: 'chat',
-      stream: true,
-      finish: 'stop',
-      model: 'minimax-m1',
-      requestId: b.requestId,
-    });
+    const checkMm = reportedAs('minimax', mm, { operation: 'chat', finish: 'stop', model: 'minimax-m1' });
+    await checkMm(true, streamChat(mm));
   });
 
   it('search completions (seed 004) via raw fetch, non-streamed and streamed', async () => {
     const req = chatReq('gpt-4o', 'search the web please');
-    const headers = { authorization: `Bearer ${KEY}`, 'content-type': 'application/json' };
-    const a = await one(async () => {
-      const res = await fetch(`${serve.base}/v1/search/completions`, {
-        method: 'POST',
-        headers,
-        body: JSON.stringify(req),
-      });
+    const check = reportedAs('openai', req, { operation: 'chat', finish: 'stop', model: 'gpt-4o' });
+    await check(false, async () => {
+      const res = await post('/v1/search/completions', req);
       expect(res.status).toBe(200);
       await res.arrayBuffer();
     });
-    expectReported(a.row, 'openai', req, {
-      operation: 'chat',
-      stream: false,
-      finish: 'stop',
-      model: 'gpt-4o',
-      requestId: a.requestId,
-    });
-    const b = await one(async () => {
-      const res = await fetch(`${serve.base}/v1/search/completions`, {
-        method: 'POST',
-        headers,
-        body: JSON.stringify({ ...req, stream: true }),
-      });
+    await check(true, async () => {
+      const res = await post('/v1/search/completions', { ...req, stream: true });
       const text = await res.text();
       // The injected usage chunk is hidden from a client that did not ask for it (§3.3).
       expect(text).not.toMatch(/"choices":\[\],"usage":\{/);
       expect(text.trimEnd().endsWith('data: [DONE]')).toBe(true);
     });
-    expectReported(b.row, 'openai', req, {
-      operation: 'chat',
-      stream: true,
-      finish: 'stop',
-      model: 'gpt-4o',
-      requestId: b.requestId,
-    });
   });
 
   it('legacy completions, non-streamed and streamed', async () => {
     const req = { model: 'gpt-4o-mini', prompt: 'complete this sentence for me' };
-    const a = await one(() => openai.completions.create(req));
-    expectReported(a.row, 'completions', req, {
+    const check = reportedAs('completions', req, {
       operation: 'text_completion',
-      stream: false,
       finish: 'stop',
       model: 'gpt-4o-mini',
-      requestId: a.requestId,
     });
-    const b = await one(async () => drain(await openai.completions.create({ ...req, stream: true })));
-    expectReported(b.row, 'completions', req, {
-      operation: 'text_completion',
-      stream: true,
-      finish: 'stop',
-      model: 'gpt-4o-mini',
-      requestId: b.requestId,
-    });
+    await check(false, () => openai.completions.create(req));
+    await check(true, async () => drain(await openai.completions.create({ ...req, stream: true })));
   });
 
   it('responses, non-streamed and streamed (reasoning model)', async () => {
     const req = { model: 'o3-mini', instructions: 'answer shortly', input: 'why is the sky blue' };
-    const a = await one(() => openai.responses.create(req));
-    expectReported(a.row, 'responses', req, {
-      operation: 'responses',
-      stream: false,
-      finish: 'stop',
-      model: 'o3-mini',
-      requestId: a.requestId,
-    });
-    expect(a.row.reasoning_tokens).toBe(4);
-    const b = await one(async () => drain(await openai.responses.create({ ...req, stream: true })));
-    expectReported(b.row, 'responses', req, {
-      operation: 'responses',
-      stream: true,
-      finish: 'stop',
-      model: 'o3-mini',
-      requestId: b.requestId,
-    });
+    const check = reportedAs('responses', req, { operation: 'responses', finish: 'stop', model: 'o3-mini' });
+    const a = await check(false, () => openai.responses.create(req));
+    expect(a.reasoning_tokens).toBe(4);
+    await check(true, async () => drain(await openai.responses.create({ ...req, stream: true })));
   });
 
   it('embeddings (float and base64)', async () => {
     const req = { model: 'text-embedding-3-small', input: ['alpha beta', 'gamma delta epsilon'] };
-    const a = await one(() => openai.embeddings.create(req));
-    expectReported(a.row, 'embeddings', req, {
+    const check = reportedAs('embeddings', req, {
       operation: 'embeddings',
-      stream: false,
       finish: null,
       model: 'text-embedding-3-small',
-      requestId: a.requestId,
     });
-    expect(a.row.input_tokens).toBe(5);
+    const a = await check(false, () => openai.embeddings.create(req));
+    expect(a.input_tokens).toBe(5);
     // The SDK asks for base64 by default; the float form must meter the same.
     const b = await one(() => openai.embeddings.create({ ...req, encoding_format: 'float' }));
     expect(b.row.input_tokens).toBe(5);
@@ -360,16 +291,10 @@ describe('one exact row per request, every operation, through tokenmeter serve',
 
   it('image generation (gpt-image-1, n=2): image and token usage', async () => {
     const req = { model: 'gpt-image-1', prompt: 'a red fox in snow', n: 2 };
-    const a = await one(() => openai.images.generate(req));
-    expectReported(a.row, 'images', req, {
-      operation: 'image_generation',
-      stream: false,
-      finish: null,
-      // The images API body names no model.
-      model: null,
-      requestId: a.requestId,
-    });
-    expect(a.row.images).toBe(2);
+    const check = reportedAs('images', req, { operation: 'image_generation', finish: null, model: null });
+    // The images API body names no model.
+    const a = await check(false, () => openai.images.generate(req));
+    expect(a.images).toBe(2);
   });
 
   it('Anthropic messages, non-streamed and streamed (anthropic SDK): cache read/write incl. 1h', async () => {
@@ -379,25 +304,16 @@ describe('one exact row per request, every operation, through tokenmeter serve',
       system: 'you are terse',
       messages: [{ role: 'user' as const, content: 'tell me a short story' }],
     };
-    const a = await one(() => anthropic.messages.create(req));
-    expectReported(a.row, 'anthropic', req, {
+    const check = reportedAs('anthropic', req, {
       operation: 'messages',
-      stream: false,
       finish: 'stop',
       model: 'claude-haiku-4-5',
-      requestId: a.requestId,
     });
-    expect(a.row.cache_write_1h_tokens).toBe(100);
-    const b = await one(async () => {
+    const a = await check(false, () => anthropic.messages.create(req));
+    expect(a.cache_write_1h_tokens).toBe(100);
+    await check(true, async () => {
       const stream = anthropic.messages.stream(req);
       await stream.finalMessage();
-    });
-    expectReported(b.row, 'anthropic', req, {
-      operation: 'messages',
-      stream: true,
-      finish: 'stop',
-      model: 'claude-haiku-4-5',
-      requestId: b.requestId,
     });
   });
 
@@ -424,15 +340,11 @@ describe('one exact row per request, every operation, through tokenmeter serve',
       expect(row.cost_nanos).toBeNull();
     }
     const { row, requestId } = await one(async () => {
-      const res = await fetch(`${serve.base}/v1/chat/completions`, {
-        method: 'POST',
-        headers: {
-          authorization: `Bearer ${KEY}`,
-          'content-type': 'application/json',
-          'x-fake-scenario': 'error-in-stream',
-        },
-        body: JSON.stringify({ ...chatReq('gpt-4o', 'a b c'), stream: true }),
-      });
+      const res = await post(
+        '/v1/chat/completions',
+        { ...chatReq('gpt-4o', 'a b c'), stream: true },
+        { 'x-fake-scenario': 'error-in-stream' },
+      );
       expect(res.status).toBe(200);
       expect(await res.text()).toContain('fake upstream error in the middle of the stream');
     });
@@ -448,18 +360,12 @@ describe('one exact row per request, every operation, through tokenmeter serve',
   it('client abort mid-stream: row with client_abort and estimated usage', async () => {
     const controller = new AbortController();
     const { row } = await one(async () => {
-      const res = await fetch(`${serve.base}/v1/chat/completions`, {
-        method: 'POST',
-        signal: controller.signal,
-        headers: {
-          authorization: `Bearer ${KEY}`,
-          'content-type': 'application/json',
-          'x-fake-scenario': 'slow-stream',
-          'x-fake-delay-ms': '150',
-          'x-fake-chunks': '20',
-        },
-        body: JSON.stringify({ ...chatReq('gpt-4o', 'tell me everything'), stream: true }),
-      });
+      const res = await post(
+        '/v1/chat/completions',
+        { ...chatReq('gpt-4o', 'tell me everything'), stream: true },
+        { 'x-fake-scenario': 'slow-stream', 'x-fake-delay-ms': '150', 'x-fake-chunks': '20' },
+        controller.signal,
+      );
       const reader = res.body!.getReader();
       let seen = '';
       // Read until some content arrived, then hang up.
@@ -486,13 +392,13 @@ describe('one exact row per request, every operation, through tokenmeter serve',
 
   it('gzip stream and gzip body without Content-Encoding: usage still reported', async () => {
     const req = chatReq('gpt-4o', 'compressed words here');
-    const headers = { authorization: `Bearer ${KEY}`, 'content-type': 'application/json' };
-    const a = await one(async () => {
-      const res = await fetch(`${serve.base}/v1/chat/completions`, {
-        method: 'POST',
-        headers: { ...headers, 'x-fake-scenario': 'gzip', 'accept-encoding': 'gzip' },
-        body: JSON.stringify({ ...req, stream: true }),
-      });
+    const check = reportedAs('openai', req, { operation: 'chat', finish: 'stop', model: 'gpt-4o' });
+    await check(true, async () => {
+      const res = await post(
+        '/v1/chat/completions',
+        { ...req, stream: true },
+        { 'x-fake-scenario': 'gzip', 'accept-encoding': 'gzip' },
+      );
       expect(res.headers.get('content-encoding')).toBe('gzip');
       const text = await res.text(); // fetch decodes gzip
       expect(text).toContain('"content":"echo:"');
@@ -500,56 +406,28 @@ describe('one exact row per request, every operation, through tokenmeter serve',
       expect(text).not.toMatch(/"choices":\[\],"usage":\{/);
       expect(text.trimEnd().endsWith('data: [DONE]')).toBe(true);
     });
-    expectReported(a.row, 'openai', req, {
-      operation: 'chat',
-      stream: true,
-      finish: 'stop',
-      model: 'gpt-4o',
-      requestId: a.requestId,
-    });
-    const b = await one(async () => {
-      const res = await fetch(`${serve.base}/v1/chat/completions`, {
-        method: 'POST',
-        headers: { ...headers, 'x-fake-scenario': 'gzip-no-header' },
-        body: JSON.stringify(req),
-      });
+    await check(false, async () => {
+      const res = await post('/v1/chat/completions', req, { 'x-fake-scenario': 'gzip-no-header' });
       expect(res.headers.get('content-encoding')).toBeNull();
       // The app gets the upstream's bytes unchanged: still gzip.
       const bytes = Buffer.from(await res.arrayBuffer());
       expect(JSON.parse(gunzipSync(bytes).toString('utf8'))).toMatchObject({ model: 'gpt-4o' });
     });
-    expectReported(b.row, 'openai', req, {
-      operation: 'chat',
-      stream: false,
-      finish: 'stop',
-      model: 'gpt-4o',
-      requestId: b.requestId,
-    });
   });
 
   it('gzip stream without Content-Encoding: bytes untouched, usage still reported', async () => {
     const req = chatReq('gpt-4o', 'hidden gzip stream');
-    const a = await one(async () => {
-      const res = await fetch(`${serve.base}/v1/chat/completions`, {
-        method: 'POST',
-        headers: {
-          authorization: `Bearer ${KEY}`,
-          'content-type': 'application/json',
-          'x-fake-scenario': 'gzip-no-header',
-        },
-        body: JSON.stringify({ ...req, stream: true }),
-      });
+    const check = reportedAs('openai', req, { operation: 'chat', finish: 'stop', model: 'gpt-4o' });
+    await check(true, async () => {
+      const res = await post(
+        '/v1/chat/completions',
+        { ...req, stream: true },
+        { 'x-fake-scenario': 'gzip-no-header' },
+      );
       expect(res.headers.get('content-encoding')).toBeNull();
       const bytes = Buffer.from(await res.arrayBuffer());
       expect([bytes[0], bytes[1]]).toEqual([0x1f, 0x8b]);
       expect(gunzipSync(bytes).toString('utf8')).toContain('data: [DONE]');
-    });
-    expectReported(a.row, 'openai', req, {
-      operation: 'chat',
-      stream: true,
-      finish: 'stop',
-      model: 'gpt-4o',
-      requestId: a.requestId,
     });
   });
 
@@ -607,24 +485,9 @@ describe('gateway quirks and failure classes, through tokenmeter serve', () => {
   ];
   it.each(chatFlavors)('%s: streamed and not, usage exactly as documented', async (model, flavor) => {
     const req = chatReq(model, 'quirky flavor words here');
-    const a = await one(() => openai.chat.completions.create(req));
-    expectReported(a.row, flavor, req, {
-      operation: 'chat',
-      stream: false,
-      finish: 'stop',
-      model,
-      requestId: a.requestId,
-    });
-    const b = await one(async () =>
-      drain(await openai.chat.completions.create({ ...req, stream: true as const })),
-    );
-    expectReported(b.row, flavor, req, {
-      operation: 'chat',
-      stream: true,
-      finish: 'stop',
-      model,
-      requestId: b.requestId,
-    });
+    const check = reportedAs(flavor, req, { operation: 'chat', finish: 'stop', model });
+    await check(false, () => openai.chat.completions.create(req));
+    await check(true, streamChat(req));
   });
 
   it.each(['keepalive', 'crlf', 'split-writes', 'no-done', 'big-event'])(
@@ -634,21 +497,11 @@ describe('gateway quirks and failure classes, through tokenmeter serve', () => {
       const headers: Record<string, string> = { 'x-fake-scenario': scenario };
       if (scenario === 'split-writes') headers['x-fake-split-bytes'] = '7';
       if (scenario === 'big-event') headers['x-fake-event-bytes'] = String(9 * 1024 * 1024);
-      const a = await one(async () => {
-        const res = await fetch(`${serve.base}/v1/chat/completions`, {
-          method: 'POST',
-          headers: { authorization: `Bearer ${KEY}`, 'content-type': 'application/json', ...headers },
-          body: JSON.stringify({ ...req, stream: true }),
-        });
+      const check = reportedAs('openai', req, { operation: 'chat', finish: 'stop', model: 'gpt-4o' });
+      await check(true, async () => {
+        const res = await post('/v1/chat/completions', { ...req, stream: true }, headers);
         expect(res.status).toBe(200);
         expect(await res.text()).toContain('"finish_reason":"stop"');
-      });
-      expectReported(a.row, 'openai', req, {
-        operation: 'chat',
-        stream: true,
-        finish: 'stop',
-        model: 'gpt-4o',
-        requestId: a.requestId,
       });
     },
   );
@@ -713,15 +566,11 @@ describe('gateway quirks and failure classes, through tokenmeter serve', () => {
     // MiniMax signals running out of money inside a 200 (body and stream).
     for (const stream of [false, true]) {
       const { row } = await one(async () => {
-        const res = await fetch(`${serve.base}/v1/chat/completions`, {
-          method: 'POST',
-          headers: {
-            authorization: `Bearer ${KEY}`,
-            'content-type': 'application/json',
-            'x-fake-scenario': 'minimax-base-resp-error',
-          },
-          body: JSON.stringify({ ...chatReq('minimax-m1', 'x'), stream }),
-        });
+        const res = await post(
+          '/v1/chat/completions',
+          { ...chatReq('minimax-m1', 'x'), stream },
+          { 'x-fake-scenario': 'minimax-base-resp-error' },
+        );
         expect(res.status).toBe(200);
         await res.arrayBuffer();
       });
@@ -739,13 +588,12 @@ describe('gateway quirks and failure classes, through tokenmeter serve', () => {
   });
 
   it('upstream reset mid-stream and idle timeouts are recorded once with their class', async () => {
-    const headers = { authorization: `Bearer ${KEY}`, 'content-type': 'application/json' };
     const reset = await one(async () => {
-      const res = await fetch(`${serve.base}/v1/chat/completions`, {
-        method: 'POST',
-        headers: { ...headers, 'x-fake-scenario': 'reset-mid-stream', 'x-fake-reset-after': '3' },
-        body: JSON.stringify({ ...chatReq('gpt-4o', 'reset me please'), stream: true }),
-      });
+      const res = await post(
+        '/v1/chat/completions',
+        { ...chatReq('gpt-4o', 'reset me please'), stream: true },
+        { 'x-fake-scenario': 'reset-mid-stream', 'x-fake-reset-after': '3' },
+      );
       // The client sees a broken stream, not a clean end.
       await expect(res.text()).rejects.toBeDefined();
     });
@@ -757,10 +605,8 @@ describe('gateway quirks and failure classes, through tokenmeter serve', () => {
     ]);
 
     const hang = await one(async () => {
-      const res = await fetch(`${serve.base}/slow/v1/chat/completions`, {
-        method: 'POST',
-        headers: { ...headers, 'x-fake-scenario': 'hang' },
-        body: JSON.stringify(chatReq('gpt-4o', 'hang')),
+      const res = await post('/slow/v1/chat/completions', chatReq('gpt-4o', 'hang'), {
+        'x-fake-scenario': 'hang',
       });
       expect(res.status).toBe(504);
       await res.arrayBuffer();
@@ -770,11 +616,11 @@ describe('gateway quirks and failure classes, through tokenmeter serve', () => {
     expect(hang.row.cost_nanos).toBeNull();
 
     const afterHead = await one(async () => {
-      const res = await fetch(`${serve.base}/slow/v1/chat/completions`, {
-        method: 'POST',
-        headers: { ...headers, 'x-fake-scenario': 'hang-after-head' },
-        body: JSON.stringify({ ...chatReq('gpt-4o', 'hang after head'), stream: true }),
-      });
+      const res = await post(
+        '/slow/v1/chat/completions',
+        { ...chatReq('gpt-4o', 'hang after head'), stream: true },
+        { 'x-fake-scenario': 'hang-after-head' },
+      );
       expect(res.status).toBe(200);
       await expect(res.text()).rejects.toBeDefined();
     });
@@ -850,11 +696,7 @@ describe('the whole run', () => {
 describe('an upstream that cannot be reached', () => {
   it('unreachable upstream: the client gets 502, the row says network', async () => {
     const before = (await waitForRows(dbPath, 0)).length;
-    const res = await fetch(`${serve.base}/dead/v1/chat/completions`, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${KEY}`, 'content-type': 'application/json' },
-      body: JSON.stringify(chatReq('gpt-4o', 'anyone there')),
-    });
+    const res = await post('/dead/v1/chat/completions', chatReq('gpt-4o', 'anyone there'));
     expect(res.status).toBe(502);
     const text = await res.text();
     expect(text).toContain('dead');

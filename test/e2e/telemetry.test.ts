@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { expectedUsage, startFakeGateway, type FakeGateway } from '../fake-gateway/index.js';
-import { samples, startServe, waitFor, type ServeChild } from './serve-child.js';
+import { samples, startServe, waitFor, type ServeProcess } from './helpers.js';
 
 const APP_TRACE = '0af7651916cd43dd8448eb211c80319c';
 const APP_SPAN = 'b7ad6b7169203331';
@@ -87,7 +87,7 @@ async function closedPort(): Promise<number> {
 let gateway: FakeGateway;
 let dir: string;
 let priceFile: string;
-const children: ServeChild[] = [];
+const children: ServeProcess[] = [];
 beforeAll(async () => {
   gateway = await startFakeGateway();
   dir = mkdtempSync(join(tmpdir(), 'tm-e2e-telemetry-'));
