@@ -467,11 +467,15 @@ export function createProxyServer(opts: ProxyServerOptions): ProxyServer {
             },
           );
         } else
+          // Constant key: the encoding comes from the upstream, so keying on it could grow the set.
           log.once(
-            `unstrippable-${encoding}`,
+            'unstrippable-encoding',
             'warn',
             'cannot remove the injected usage chunk from this encoding',
-            { upstream: upstream.name, encoding },
+            {
+              upstream: upstream.name,
+              encoding: encoding.slice(0, 32),
+            },
           );
       }
       try {
@@ -481,7 +485,8 @@ export function createProxyServer(opts: ProxyServerOptions): ProxyServer {
       }
       const outHeaders = forwardableHeaders(
         upRes.rawHeaders,
-        (h) => stripper !== undefined && h === 'content-length',
+        // Both the stripper and the re-encoder change the body's length: the upstream's is wrong then.
+        (h) => (stripper !== undefined || recoder !== undefined) && h === 'content-length',
       );
       res.sendDate = false; // pass the upstream's Date (or none), add nothing of our own
       res.writeHead(status, upRes.statusMessage, outHeaders);
@@ -561,7 +566,16 @@ export function createProxyServer(opts: ProxyServerOptions): ProxyServer {
       });
     };
 
-    send(0);
+    try {
+      send(0);
+    } catch (err) {
+      // A synchronous failure building the upstream request (e.g. an invalid configured header
+      // value) must still answer the client and finish the record, or inflight counts leak.
+      const message = `cannot send to upstream ${upstream.name}: ${(err as Error).message}`;
+      clearTimers();
+      failBeforeBytes(502, 'upstream_error', message);
+      finish({ kind: 'network', message });
+    }
   }
 
   const server = http.createServer({ keepAliveTimeout: 5000, requestTimeout: 0 }, (req, res) => {
