@@ -9,6 +9,7 @@
  */
 import type { UpstreamSettings } from './config/types.js';
 import type { Logger } from './log.js';
+import { joinUpstreamPath } from './proxy/path-join.js';
 import type { MetricsSink } from './sinks/metrics.js';
 
 export interface BalancePollerOptions {
@@ -29,24 +30,13 @@ export interface BalancePoller {
 const DEFAULT_TIMEOUT_MS = 10_000;
 
 /**
- * Joins the upstream base URL and the balance path without doubling a version segment (§3.1):
- * `https://h/v1` + `/v1/balance` → `https://h/v1/balance`; `https://h` + `/v1/balance` → same.
+ * Joins the upstream base URL and the balance path without doubling a version segment (§3.1), the
+ * same way proxied requests are joined: `https://h/v1` + `/v1/balance` → `https://h/v1/balance`;
+ * `https://h` + `/v1/balance` → same. An absolute `http(s)://` path is used as it is.
  */
 export function balanceUrl(upstream: URL, path: string): URL {
   if (/^https?:\/\//i.test(path)) return new URL(path);
-  const base = upstream.pathname.split('/').filter((s) => s !== '');
-  const extra = path.split('/').filter((s) => s !== '');
-  let overlap = 0;
-  for (let n = Math.min(base.length, extra.length); n > 0; n--) {
-    if (base.slice(base.length - n).join('/') === extra.slice(0, n).join('/')) {
-      overlap = n;
-      break;
-    }
-  }
-  const url = new URL(upstream.href);
-  url.pathname = '/' + [...base, ...extra.slice(overlap)].join('/');
-  url.search = '';
-  return url;
+  return new URL(joinUpstreamPath(upstream, path), upstream);
 }
 
 /** Parses seed 004's balance body; returns undefined when it is not that shape. */

@@ -15,6 +15,7 @@
  */
 import type { BudgetConfig } from '../config/schema.js';
 import { TokenmeterError } from '../errors.js';
+import { globToRegExp } from '../glob.js';
 import type { Logger } from '../log.js';
 import { formatNanos, nanosToUnits, parseDecimal, unitsToNanos } from '../pricing/money.js';
 import type { RequestRecord } from '../record.js';
@@ -25,6 +26,8 @@ import { assertTimeZone, periodWindow, type PeriodWindow } from './window.js';
 
 export type { BudgetDecision, BudgetGate, BudgetReservation, BudgetStatus, SpendFilter } from './types.js';
 export { periodWindow, type Period, type PeriodWindow } from './window.js';
+/** SQLite GLOB semantics, the same as the audit log's `request_model GLOB ?` (src/glob.ts). */
+export { globToRegExp } from '../glob.js';
 
 export type SpendQuery = (filter: SpendFilter) => Array<{ currency: string; cost_nanos: bigint }>;
 
@@ -55,32 +58,6 @@ export const ESTIMATE_WINDOW = 20;
 const DEFAULT_ESTIMATE_PER_MILLE = 10n;
 /** Record ids remembered as already counted, so write() and settle() never count one twice. */
 const COUNTED_IDS_CAP = 10_000;
-
-/**
- * A glob with SQLite GLOB semantics (`*`, `?`, `[...]`, `[^...]`; case-sensitive), so the live
- * match agrees with the audit log's `request_model GLOB ?` used for the period-to-date sum.
- */
-export function globToRegExp(glob: string): RegExp {
-  let re = '';
-  for (let i = 0; i < glob.length; i++) {
-    const c = glob[i]!;
-    if (c === '*') re += '.*';
-    else if (c === '?') re += '.';
-    else if (c === '[') {
-      const close = glob.indexOf(']', i + 2);
-      if (close === -1) {
-        re += '\\[';
-        continue;
-      }
-      let body = glob.slice(i + 1, close);
-      if (body.startsWith('^')) body = '^' + body.slice(1).replace(/[\\\]]/g, '\\$&');
-      else body = body.replace(/[\\\]^]/g, '\\$&');
-      re += `[${body}]`;
-      i = close;
-    } else re += c.replace(/[.+^${}()|\\]/g, '\\$&');
-  }
-  return new RegExp(`^${re}$`, 's');
-}
 
 interface BudgetState {
   config: BudgetConfig;

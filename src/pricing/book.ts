@@ -7,10 +7,11 @@
  * rounded half-up to nanos once. See docs/pricing.md for the matching order.
  */
 import type { Settings } from '../config/types.js';
+import { globToRegExp, isGlob } from '../glob.js';
 import type { Logger } from '../log.js';
 import type { Operation, Usage } from '../record.js';
 import { Dec, nanosToSafeNumber, parseDecimal, unitsToNanos } from './money.js';
-import { globToRegExp, PRICE_UNITS, type PriceEntry, type PriceTable } from './table.js';
+import { PRICE_UNITS, type PriceEntry, type PriceTable } from './table.js';
 import type { PriceBook, PriceQuery, PriceResult } from './types.js';
 
 export interface PricedUpstream {
@@ -37,7 +38,6 @@ export interface PriceMatch {
 }
 
 interface EntryGroup {
-  model: string;
   isGlob: boolean;
   upstream: string | undefined;
   /** Newest first; an undated entry sorts last (it is in force from the beginning of time). */
@@ -46,6 +46,12 @@ interface EntryGroup {
 
 interface IndexedTable extends BookTable {
   groups: EntryGroup[];
+}
+
+/** The tables that apply to one upstream, each list in precedence order. */
+interface ApplicableTables {
+  user: IndexedTable[];
+  presets: IndexedTable[];
 }
 
 export function priceIdOf(table: PriceTable, entry: PriceEntry): string {
@@ -68,7 +74,15 @@ export class TablePriceBook implements PriceBook {
   private readonly user: IndexedTable[];
   private readonly presets: IndexedTable[];
   private readonly upstreams: Map<string, PricedUpstream>;
+  /** Per configured upstream, the tables that apply to its host (computed once, not per request). */
+  private readonly tablesByUpstream: Map<string, ApplicableTables>;
+  /** For an upstream name that is not configured: only unscoped tables apply. */
+  private readonly unscopedTables: ApplicableTables;
   private readonly unpricedWarned = new Set<string>();
+  /** Multiplier layers parsed once (§5.2): the upstream's own, `multipliers.upstream`, `.app`, `.model`. */
+  private readonly ownMultipliers: Map<string, Dec>;
+  private readonly upstreamMultipliers: Map<string, Dec>;
+  private readonly appMultipliers: Map<string, Dec>;
   private readonly modelMultipliers: Array<{ pattern: string; exact: boolean; re: RegExp; value: Dec }>;
 
   constructor(
@@ -76,7 +90,7 @@ export class TablePriceBook implements PriceBook {
     userTables: PriceTable[],
     /** Preset files; host-scoped (gateway) files are tried before unscoped (reference) ones. */
     presetTables: PriceTable[],
-    private readonly multipliers: Settings['multipliers'],
+    multipliers: Settings['multipliers'],
     upstreams: PricedUpstream[],
     private readonly log?: Logger,
   ) {
@@ -86,17 +100,40 @@ export class TablePriceBook implements PriceBook {
       ...presetTables.filter((t) => t.hosts === undefined),
     ].map((t) => indexTable(t, 'preset'));
     this.upstreams = new Map(upstreams.map((u) => [u.name, u]));
+    const applicableTo = (url: URL | undefined): ApplicableTables => ({
+      user: this.user.filter((t) => appliesToHost(t.table, url)),
+      presets: this.presets.filter((t) => appliesToHost(t.table, url)),
+    });
+    this.tablesByUpstream = new Map(upstreams.map((u) => [u.name, applicableTo(u.url)]));
+    this.unscopedTables = applicableTo(undefined);
+
+    const parsed = (record: Record<string, string>): Map<string, Dec> =>
+      new Map(Object.entries(record).map(([key, value]) => [key, parseDecimal(value)]));
+    this.ownMultipliers = new Map(
+      upstreams.flatMap((u) => (u.multiplier === undefined ? [] : [[u.name, parseDecimal(u.multiplier)]])),
+    );
+    this.upstreamMultipliers = parsed(multipliers.upstream);
+    this.appMultipliers = parsed(multipliers.app);
     const entries = Object.entries(multipliers.model);
+    // Model keys are globs in SQLite GLOB syntax, like every model glob (src/glob.ts).
     this.modelMultipliers = [
       // Exact names first, then globs in the order written: the first that matches applies.
-      ...entries.filter(([p]) => !/[*?]/.test(p)),
-      ...entries.filter(([p]) => /[*?]/.test(p)),
+      ...entries.filter(([p]) => !isGlob(p)),
+      ...entries.filter(([p]) => isGlob(p)),
     ].map(([pattern, value]) => ({
       pattern,
-      exact: !/[*?]/.test(pattern),
+      exact: !isGlob(pattern),
       re: globToRegExp(pattern),
       value: parseDecimal(value),
     }));
+  }
+
+  /** The tables that apply to an upstream; an unconfigured name sees only unscoped tables. */
+  private applicable(upstreamName: string | undefined): ApplicableTables {
+    return (
+      (upstreamName === undefined ? undefined : this.tablesByUpstream.get(upstreamName)) ??
+      this.unscopedTables
+    );
   }
 
   /** Every table, in precedence order (user files, gateway presets, reference presets). */
@@ -106,8 +143,8 @@ export class TablePriceBook implements PriceBook {
 
   /** Tables that apply to an upstream, in precedence order (first wins). */
   tablesFor(upstreamName: string | undefined): BookTable[] {
-    const host = upstreamName ? this.upstreams.get(upstreamName)?.url : undefined;
-    return [...this.user, ...this.presets].filter((t) => appliesToHost(t.table, host));
+    const { user, presets } = this.applicable(upstreamName);
+    return [...user, ...presets];
   }
 
   /**
@@ -117,10 +154,9 @@ export class TablePriceBook implements PriceBook {
    * a glob, and otherwise the first entry in file order wins.
    */
   lookup(model: string, upstreamName: string, at: Date): PriceMatch | undefined {
-    const url = this.upstreams.get(upstreamName)?.url;
+    const { user, presets } = this.applicable(upstreamName);
     const atMs = at.getTime();
-    for (const tables of [this.user, this.presets]) {
-      const applicable = tables.filter((t) => appliesToHost(t.table, url));
+    for (const applicable of [user, presets]) {
       for (const perUpstream of [true, false]) {
         for (const wantGlob of [false, true]) {
           for (const t of applicable) {
@@ -149,12 +185,12 @@ export class TablePriceBook implements PriceBook {
   /** Product of the multiplier stack for a request (§5.2), as an exact decimal. */
   multiplierFor(upstreamName: string, app: string, model: string | undefined): Dec {
     let product = new Dec(1);
-    const own = this.upstreams.get(upstreamName)?.multiplier;
-    if (own !== undefined) product = product.times(parseDecimal(own));
-    const byUpstream = this.multipliers.upstream[upstreamName];
-    if (byUpstream !== undefined) product = product.times(parseDecimal(byUpstream));
-    const byApp = this.multipliers.app[app];
-    if (byApp !== undefined) product = product.times(parseDecimal(byApp));
+    const own = this.ownMultipliers.get(upstreamName);
+    if (own !== undefined) product = product.times(own);
+    const byUpstream = this.upstreamMultipliers.get(upstreamName);
+    if (byUpstream !== undefined) product = product.times(byUpstream);
+    const byApp = this.appMultipliers.get(app);
+    if (byApp !== undefined) product = product.times(byApp);
     if (model !== undefined) {
       const m = this.modelMultipliers.find((x) => (x.exact ? x.pattern === model : x.re.test(model)));
       if (m) product = product.times(m.value);
@@ -163,9 +199,11 @@ export class TablePriceBook implements PriceBook {
   }
 
   price(query: PriceQuery): PriceResult {
-    const reported = this.reportedCost(query);
+    // Looked up once: both the computed cost and a currency-less reported cost need the entry.
+    const match = query.model ? this.lookup(query.model, query.upstream, query.at) : undefined;
+    const reported = this.reportedCost(query, match);
     const upstream = this.upstreams.get(query.upstream);
-    const result = this.computed(query, reported?.currency);
+    const result = this.computed(query, match, reported?.currency);
     if (reported) {
       result.upstream_reported_cost_nanos = reported.nanos;
       result.upstream_reported_currency = reported.currency;
@@ -184,7 +222,11 @@ export class TablePriceBook implements PriceBook {
     return result;
   }
 
-  private computed(query: PriceQuery, reportedCurrency: string | null | undefined): PriceResult {
+  private computed(
+    query: PriceQuery,
+    match: PriceMatch | undefined,
+    reportedCurrency: string | null | undefined,
+  ): PriceResult {
     const unpriced = (reason: string, extra: Partial<PriceResult> = {}): PriceResult => ({
       cost_nanos: null,
       currency: null,
@@ -198,7 +240,6 @@ export class TablePriceBook implements PriceBook {
     });
     const model = query.model;
     if (model === undefined || model === '') return unpriced('unpriced: the request names no model');
-    const match = this.lookup(model, query.upstream, query.at);
     if (!match) {
       this.warnUnpriced(query.upstream, model);
       return unpriced(`unpriced: no price entry for model ${model} on upstream ${query.upstream}`);
@@ -245,7 +286,10 @@ export class TablePriceBook implements PriceBook {
     });
   }
 
-  private reportedCost(query: PriceQuery): { nanos: number | null; currency: string | null } | undefined {
+  private reportedCost(
+    query: PriceQuery,
+    match: PriceMatch | undefined,
+  ): { nanos: number | null; currency: string | null } | undefined {
     const stated = query.upstreamCost;
     if (!stated) return undefined;
     let nanos: number | null;
@@ -263,10 +307,7 @@ export class TablePriceBook implements PriceBook {
       return undefined;
     }
     // A gateway that states no currency bills in the currency of its price table (if we know it).
-    const currency =
-      stated.currency ??
-      (query.model ? this.lookup(query.model, query.upstream, query.at)?.entry.currency : undefined) ??
-      null;
+    const currency = stated.currency ?? match?.entry.currency ?? null;
     return { nanos, currency };
   }
 }
@@ -300,8 +341,7 @@ export function costInUnits(
   }
 
   const cacheWrite = usage.cacheWrite ?? usage.cacheWrite1h;
-  const cacheWrite1h = usage.cacheWrite1h ?? 0;
-  if (cacheWrite !== undefined && cacheWrite1h > cacheWrite)
+  if (cacheWrite !== undefined && usage.cacheWrite1h !== undefined && usage.cacheWrite1h > cacheWrite)
     return { reason: 'usage inconsistent: cache_write_1h exceeds cache_write' };
   if (usage.reasoning !== undefined && usage.output !== undefined && usage.reasoning > usage.output)
     return { reason: 'usage inconsistent: reasoning exceeds output' };
@@ -313,8 +353,15 @@ export function costInUnits(
   add(usage.input, p.input);
   add(usage.cacheRead, p.cache_read);
   if (cacheWrite !== undefined) {
-    add(cacheWrite - cacheWrite1h, p.cache_write);
-    add(cacheWrite1h, p.cache_write_1h);
+    if (usage.cacheWrite1h === undefined) {
+      // The TTL split is not reported (OpenAI-shaped usage, or Anthropic usage without a
+      // `cache_creation` breakdown): every write is billed at the 5m `cache_write` price, the
+      // default TTL. This is a choice, not "1h part = 0 tokens known".
+      add(cacheWrite, p.cache_write);
+    } else {
+      add(cacheWrite - usage.cacheWrite1h, p.cache_write);
+      add(usage.cacheWrite1h, p.cache_write_1h);
+    }
   }
   if (usage.output !== undefined) {
     // Reasoning tokens are part of output: bill them separately only when their price differs.
@@ -337,7 +384,7 @@ function indexTable(table: PriceTable, origin: TableOrigin): IndexedTable {
     const key = `${entry.model}\u0000${entry.upstream ?? ''}`;
     let g = byKey.get(key);
     if (!g) {
-      g = { model: entry.model, isGlob: entry.isGlob, upstream: entry.upstream, history: [] };
+      g = { isGlob: entry.isGlob, upstream: entry.upstream, history: [] };
       byKey.set(key, g);
       groups.push(g);
     }

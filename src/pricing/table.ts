@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs';
 import { basename } from 'node:path';
 import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Node, type Pair, type YAMLMap } from 'yaml';
 import { ConfigError, type SourceProblem } from '../errors.js';
+import { globToRegExp, isGlob as isGlobPattern } from '../glob.js';
 import { Dec, parseDecimal } from './money.js';
 
 export const PRICE_UNITS = { '1M': 1_000_000, '1K': 1_000 } as const;
@@ -25,7 +26,7 @@ export interface ResolvedPrices {
 }
 
 export interface PriceEntry {
-  /** Exact model name or glob (`*` any run of characters, `?` one character). */
+  /** Exact model name or glob (SQLite GLOB syntax: `*`, `?`, `[...]`, `[^...]`; src/glob.ts). */
   model: string;
   isGlob: boolean;
   upstream: string | undefined;
@@ -273,7 +274,8 @@ function parseEntry(
   // a 1h cache write costs what a 5m write costs unless stated; reasoning is billed as output.
   const cacheRead = money.cache_read ?? (ctx.cacheReadRatio ? input.times(ctx.cacheReadRatio) : input);
   const cacheWrite = money.cache_write ?? (ctx.cacheWriteRatio ? input.times(ctx.cacheWriteRatio) : input);
-  const isGlob = /[*?]/.test(model);
+  // SQLite GLOB syntax, like every model glob (src/glob.ts).
+  const isGlob = isGlobPattern(model);
   const matcher = isGlob ? globToRegExp(model) : undefined;
   return {
     model,
@@ -299,14 +301,6 @@ function parseEntry(
     line: ctx.line,
     matches: matcher ? (m) => matcher.test(m) : (m) => m === model,
   };
-}
-
-export function globToRegExp(glob: string): RegExp {
-  const body = glob
-    .split('')
-    .map((c) => (c === '*' ? '.*' : c === '?' ? '.' : c.replace(/[\\^$.+()[\]{}|/]/g, '\\$&')))
-    .join('');
-  return new RegExp(`^${body}$`);
 }
 
 /** Collects a mapping's pairs by key, reporting unknown and non-string keys. */

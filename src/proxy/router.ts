@@ -5,6 +5,10 @@
  * prefix is stripped before forwarding.
  */
 import type { Settings, UpstreamSettings } from '../config/types.js';
+import { globToRegExp } from '../glob.js';
+
+/** Route model globs follow SQLite GLOB syntax, like every model glob (src/glob.ts). */
+export { globToRegExp } from '../glob.js';
 
 export interface RouteChoice {
   upstream: UpstreamSettings;
@@ -18,15 +22,6 @@ export interface Router {
   pick(path: string, model: string | undefined): RouteChoice;
   /** True when some route needs the request model (so the body must be read before routing). */
   readonly usesModel: boolean;
-}
-
-/** `claude-*`, `gpt-4?` → anchored, case-sensitive RegExp. Only `*` and `?` are special. */
-export function globToRegExp(glob: string): RegExp {
-  const escaped = glob
-    .replace(/[.+^${}()|[\]\\]/g, '\\$&')
-    .replace(/\*/g, '.*')
-    .replace(/\?/g, '.');
-  return new RegExp(`^${escaped}$`);
 }
 
 /** Returns the rest of `path` after `prefix` when `prefix` matches whole segments, else undefined. */

@@ -148,6 +148,19 @@ describe('upstream balance poller', () => {
     ).toHaveLength(1);
   });
 
+  it('joins the balance path like proxied paths: absolute URLs kept, upstream query dropped', () => {
+    expect(balanceUrl(new URL('https://h/v1'), 'https://other.example/bal').href).toBe(
+      'https://other.example/bal',
+    );
+    expect(balanceUrl(new URL('https://h:8443/v1?k=1'), '/v1/balance').href).toBe(
+      'https://h:8443/v1/balance',
+    );
+    expect(balanceUrl(new URL('https://h/v1'), 'v1/balance').href).toBe('https://h/v1/balance');
+    expect(balanceUrl(new URL('https://h/v1'), '//evil.example/balance').href).toBe(
+      'https://h/v1/evil.example/balance',
+    );
+  });
+
   it('joins the balance path onto the upstream URL without doubling /v1', () => {
     expect(balanceUrl(new URL('https://h/v1'), '/v1/balance').href).toBe('https://h/v1/balance');
     expect(balanceUrl(new URL('https://h'), '/v1/balance').href).toBe('https://h/v1/balance');

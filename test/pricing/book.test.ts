@@ -248,6 +248,46 @@ prices:
     expect(b.price(query({ model: 'gpt-5', usage: million })).cost_nanos).toBe(7_000_000_000);
   });
 
+  it('model globs use SQLite GLOB sets; an exact name still beats them', () => {
+    const sets = table(
+      `currency: USD\nprices:\n  - {model: "claude-[34]-*", input: 3, output: 3}\n  - {model: "claude-[^34]-*", input: 9, output: 9}\n  - {model: claude-3-haiku, input: 1, output: 1}\n`,
+      'sets.yaml',
+    );
+    const bs = book([sets]);
+    expect(bs.price(query({ model: 'claude-3-opus', usage: million })).price_id).toBe(
+      'sets.yaml#claude-[34]-*@always',
+    );
+    expect(bs.price(query({ model: 'claude-5-opus', usage: million })).price_id).toBe(
+      'sets.yaml#claude-[^34]-*@always',
+    );
+    expect(bs.price(query({ model: 'claude-3-haiku', usage: million })).price_id).toBe(
+      'sets.yaml#claude-3-haiku@always',
+    );
+  });
+
+  it('an unconfigured upstream name sees unscoped tables, including its own per-upstream entries', () => {
+    expect(b.price(query({ model: 'gpt-4o-mini', upstream: 'nope', usage: million })).price_id).toBe(
+      'user.yaml#gpt-4o-mini@always',
+    );
+    const scoped = table(
+      `currency: USD\nhosts: [cailag.xin]\nprices:\n  - {model: only-here, input: 1, output: 1}\n  - {model: x, upstream: ghost, input: 1, output: 1}\n`,
+      'scoped.yaml',
+    );
+    const ghost = table(
+      `currency: USD\nprices:\n  - {model: x, upstream: ghost, input: 2, output: 2}\n`,
+      'g.yaml',
+    );
+    const b3 = book([ghost], { presets: [scoped], upstreams });
+    expect(b3.price(query({ model: 'only-here', upstream: 'ghost', usage: million })).cost_source).toBe(
+      'unpriced',
+    );
+    expect(b3.price(query({ model: 'x', upstream: 'ghost', usage: million })).price_id).toBe(
+      'g.yaml#x[ghost]@always',
+    );
+    expect(b3.tablesFor('ghost').map((t) => t.table.name)).toEqual(['g.yaml']);
+    expect(b3.tablesFor('default').map((t) => t.table.name)).toEqual(['g.yaml', 'scoped.yaml']);
+  });
+
   it('a per-upstream entry beats a generic one for that upstream only', () => {
     const r = b.price(query({ model: 'gpt-4o-mini', upstream: 'cheap', usage: million }));
     expect(r.cost_nanos).toBe(100_000_000);
@@ -387,6 +427,13 @@ describe('edge cases', () => {
     expect(
       b.price(query({ usage: { input: 1, output: 5, cacheWrite: 1, cacheWrite1h: 2 } })).cost_nanos,
     ).toBeNull();
+  });
+
+  it('multiplier model keys use SQLite GLOB sets', () => {
+    const b = book([CAILAG], { multipliers: { model: { 'deepseek-[cr]*': '0.5', 'deepseek-*': '0.9' } } });
+    expect(b.price(query({ usage: { input: 1, output: 1 } })).multiplier).toBe('0.5');
+    expect(b.multiplierFor('default', 'default', 'deepseek-v3').toFixed()).toBe('0.9');
+    expect(b.multiplierFor('default', 'default', undefined).toFixed()).toBe('1');
   });
 
   it('an exact model multiplier beats a glob written before it', () => {

@@ -71,6 +71,16 @@ describe('createRouter (§3.1)', () => {
     );
   });
 
+  it('route model globs use SQLite GLOB sets', () => {
+    const r = createRouter({
+      upstreams: [def, dieyu],
+      routes: [{ model: 'claude-[^3]*', upstream: 'dieyu' }],
+    });
+    expect(r.pick('/v1/messages', 'claude-4-sonnet').upstream.name).toBe('dieyu');
+    expect(r.pick('/v1/messages', 'claude-3-opus').upstream.name).toBe('default');
+    expect(globToRegExp('gpt-[45]o').test('gpt-4o')).toBe(true);
+  });
+
   it('glob matches whole names only', () => {
     expect(globToRegExp('claude-*').test('claude-3')).toBe(true);
     expect(globToRegExp('claude-*').test('xclaude-3')).toBe(false);
