@@ -3,6 +3,7 @@
  * (DESIGN.md §7, §8). Dashboards and alert rules depend on these strings: changing one is a
  * breaking change, and test/semconv.test.ts pins them.
  */
+import type { RequestRecord } from './record.js';
 
 export const METRIC = {
   requests: 'tokenmeter_requests_total',
@@ -139,3 +140,17 @@ export const GEN_AI_PROVIDER_NAME = {
 
 /** gen_ai.token.type values (OTel GenAI semconv). */
 export const GEN_AI_TOKEN_TYPES = ['input', 'output'] as const;
+
+/**
+ * GenAI semconv input tokens (gen_ai.usage.input_tokens, gen_ai.token.type=input) include cached
+ * input, unlike our `input` partition. Known when the uncached input is known; cache parts are
+ * added when reported (a null cache count was not reported, so it adds nothing rather than a 0).
+ * Shared by the metrics and traces sinks so both report the same figure.
+ */
+export function genAiInputTokens(
+  r: Pick<RequestRecord, 'input_tokens' | 'cache_read_tokens' | 'cache_write_tokens'>,
+): number | null {
+  if (r.input_tokens === null) return null;
+  const parts = [r.input_tokens, r.cache_read_tokens, r.cache_write_tokens];
+  return parts.filter((n): n is number => n !== null).reduce((sum, n) => sum + n);
+}

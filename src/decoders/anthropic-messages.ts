@@ -136,9 +136,8 @@ export class AnthropicMessagesDecoder implements UsageDecoder {
       this.upstreamRequestId ??= str(message.request_id);
       return;
     }
-    if (message.error !== undefined && message.error !== null) {
-      this.streamError = errorFrom(message.error);
-    }
+    // A body without an error (or with `"error": {}`) must not erase one already seen.
+    this.streamError = errorFrom(message.error) ?? this.streamError;
     this.onMessageHeader(message);
     const content = Array.isArray(message.content) ? message.content : [];
     for (const item of content) {

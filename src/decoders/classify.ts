@@ -12,11 +12,11 @@
  * Codes beat status (one-api sends model_not_found with 503, DashScope Arrearage with 400).
  */
 import type { ErrorType } from '../record.js';
-import { obj, parseJson, str, type JsonObject } from './shared.js';
+import { header, obj, parseJson, str, type HeaderRecord, type JsonObject } from './shared.js';
 
 export interface ClassifyInput {
   status: number | null;
-  headers: Record<string, string | string[] | undefined>;
+  headers: HeaderRecord;
   body?: string;
   streamError?: { message: string; code?: string };
   /** The request's API key, if known, so it can be scrubbed from the message verbatim. */
@@ -75,12 +75,6 @@ const CODE_CLASSES: Record<string, ErrorType> = {
 /** Messages that state a balance/quota problem (one-api/new-api speak Chinese: 额度 quota, 余额 balance, 欠费 arrears). */
 const QUOTA_MESSAGE =
   /insufficient[ _](quota|balance|funds|credit)|exceeded your current quota|credit balance|balance is (too low|insufficient)|quota (exhausted|used up)|top.?up|recharge|arrear|余额|额度|欠费|充值/i;
-
-function header(headers: ClassifyInput['headers'], name: string): string | undefined {
-  const v = headers[name] ?? headers[name.toLowerCase()];
-  const first = Array.isArray(v) ? v[0] : v;
-  return first === undefined || first === '' ? undefined : first;
-}
 
 interface BodyError {
   /** The body is an error envelope (not merely a body that has a message field). */

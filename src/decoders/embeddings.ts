@@ -24,7 +24,8 @@ export class EmbeddingsDecoder implements UsageDecoder {
   onBody(body: string): void {
     const parsed = obj(parseJson(body));
     if (!parsed) return;
-    if (parsed.error !== undefined && parsed.error !== null) this.streamError = errorFrom(parsed.error);
+    // A later body without an error (or with `"error": {}`) must not erase one already seen.
+    this.streamError = errorFrom(parsed.error) ?? this.streamError;
     this.responseModel = str(parsed.model) ?? this.responseModel;
     this.upstreamRequestId ??= str(parsed.request_id) ?? str(parsed.id);
     const raw = obj(parsed.usage);

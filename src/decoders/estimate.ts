@@ -127,12 +127,6 @@ function estimateInput(info: DecoderRequestInfo, body: Record<string, unknown>):
   return tokens;
 }
 
-/**
- * Estimate usage for a request whose upstream reported none (or was aborted). Returns undefined
- * when there is nothing to count from (no request body, operation without tokens, images).
- * Input figures the upstream did state (e.g. Anthropic `message_start` before a cut) are kept;
- * only what is missing is counted locally. Estimated input is all "uncached".
- */
 /** Tokens of the kept text, plus the dropped tail extrapolated at the kept text's tokens per char. */
 function estimateOutput(decoded: DecodedResponse): number {
   const kept = countTextTokens(decoded.outputText);
@@ -141,6 +135,12 @@ function estimateOutput(decoded: DecodedResponse): number {
   return kept + Math.ceil((kept * dropped) / decoded.outputText.length);
 }
 
+/**
+ * Estimate usage for a request whose upstream reported none (or was aborted). Returns undefined
+ * when there is nothing to count from (no request body, operation without tokens, images).
+ * Input figures the upstream did state (e.g. Anthropic `message_start` before a cut) are kept;
+ * only what is missing is counted locally. Estimated input is all "uncached".
+ */
 export function estimateUsage(info: DecoderRequestInfo, decoded: DecodedResponse): Usage | undefined {
   if (info.operation === 'other' || info.operation === 'image_generation') return undefined;
   const body = obj(info.body);

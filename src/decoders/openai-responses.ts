@@ -27,7 +27,7 @@ export function partitionResponsesUsage(raw: Record<string, unknown>): Usage {
   const input = count(raw.input_tokens);
   const cached = count(obj(raw.input_tokens_details)?.cached_tokens);
   return {
-    input: cached === undefined ? input : minus(input, cached),
+    input: minus(input, cached),
     cacheRead: cached,
     output: count(raw.output_tokens),
     reasoning: count(obj(raw.output_tokens_details)?.reasoning_tokens),
@@ -94,8 +94,9 @@ export class OpenAiResponsesDecoder implements UsageDecoder {
     if (!parsed) return;
     if (parsed.object === 'response' || parsed.output !== undefined || parsed.usage !== undefined) {
       this.onResponse(parsed, true);
-    } else if (parsed.error !== undefined && parsed.error !== null) {
-      this.streamError = errorFrom(parsed.error);
+    } else {
+      // A body without an error (or with `"error": {}`) must not erase one already seen.
+      this.streamError = errorFrom(parsed.error) ?? this.streamError;
     }
   }
 

@@ -8,16 +8,8 @@
  * plus `retry-after` (seconds or HTTP date, RFC 9110 §10.2.3) and `retry-after-ms`.
  * Unparseable values are left out (unknown), never read as 0.
  */
+import { header, type HeaderRecord } from './shared.js';
 import type { RateLimitInfo, RateLimitWindow } from './types.js';
-
-type Headers = Record<string, string | string[] | undefined>;
-
-function header(headers: Headers, name: string): string | undefined {
-  const v = headers[name];
-  const first = Array.isArray(v) ? v[0] : v;
-  const trimmed = first?.trim();
-  return trimmed === undefined || trimmed === '' ? undefined : trimmed;
-}
 
 function nonNegativeInt(value: string | undefined): number | undefined {
   if (value === undefined || !/^\d+$/.test(value)) return undefined;
@@ -37,21 +29,37 @@ export function parseDurationMs(value: string): number | undefined {
   return Math.round(ms);
 }
 
+const SECONDS = /^\d+(\.\d+)?$/;
+
+/** An absolute ISO 8601 / RFC 3339 / HTTP date → milliseconds from `now` (0 once past). */
+function msUntilDate(value: string, now: Date): number | undefined {
+  const at = Date.parse(value);
+  return Number.isNaN(at) ? undefined : Math.max(0, at - now.getTime());
+}
+
 /**
  * A reset value in any dialect → milliseconds from `now`: a duration, plain seconds (a delta, or
  * epoch seconds when it is clearly a timestamp), or an absolute ISO 8601 / RFC 3339 / HTTP date.
  */
 export function parseResetMs(value: string | undefined, now: Date): number | undefined {
   if (value === undefined) return undefined;
-  if (/^\d+(\.\d+)?$/.test(value)) {
+  if (SECONDS.test(value)) {
     const n = Number(value);
     // Epoch seconds (some gateways send unix time) vs a delta in seconds.
     return n > 1_000_000_000 ? Math.max(0, Math.round(n * 1000 - now.getTime())) : Math.round(n * 1000);
   }
   const duration = parseDurationMs(value);
   if (duration !== undefined) return duration;
-  const at = Date.parse(value);
-  return Number.isNaN(at) ? undefined : Math.max(0, at - now.getTime());
+  return msUntilDate(value, now);
+}
+
+/**
+ * `retry-after` → milliseconds: delta seconds or an HTTP date (RFC 9110 §10.2.3). Deliberately not
+ * parseResetMs: a retry-after is never epoch seconds nor a Go duration, so those guesses stay out.
+ */
+function parseRetryAfterMs(value: string | undefined, now: Date): number | undefined {
+  if (value === undefined) return undefined;
+  return SECONDS.test(value) ? Math.round(Number(value) * 1000) : msUntilDate(value, now);
 }
 
 function window(
@@ -74,7 +82,7 @@ function isEmpty(w: RateLimitWindow): boolean {
   return w.limit === undefined && w.remaining === undefined && w.resetMs === undefined;
 }
 
-export function parseRateLimitHeaders(headers: Headers, now: Date = new Date()): RateLimitInfo {
+export function parseRateLimitHeaders(headers: HeaderRecord, now: Date = new Date()): RateLimitInfo {
   const h = (name: string): string | undefined => header(headers, name);
 
   let requests = window(
@@ -113,17 +121,7 @@ export function parseRateLimitHeaders(headers: Headers, now: Date = new Date()):
   }
 
   const info: RateLimitInfo = { requests, tokens };
-  const retryAfterMs = nonNegativeInt(h('retry-after-ms'));
+  const retryAfterMs = nonNegativeInt(h('retry-after-ms')) ?? parseRetryAfterMs(h('retry-after'), now);
   if (retryAfterMs !== undefined) info.retryAfterMs = retryAfterMs;
-  else {
-    const retryAfter = h('retry-after');
-    if (retryAfter !== undefined) {
-      if (/^\d+(\.\d+)?$/.test(retryAfter)) info.retryAfterMs = Math.round(Number(retryAfter) * 1000);
-      else {
-        const at = Date.parse(retryAfter);
-        if (!Number.isNaN(at)) info.retryAfterMs = Math.max(0, at - now.getTime());
-      }
-    }
-  }
   return info;
 }

@@ -25,6 +25,20 @@ export function count(value: unknown): number | undefined {
   return typeof n === 'number' && Number.isInteger(n) && n >= 0 ? n : undefined;
 }
 
+/** Response headers as Node's `IncomingMessage.headers` gives them (names lower-cased). */
+export type HeaderRecord = Record<string, string | string[] | undefined>;
+
+/**
+ * First value of a header, trimmed; undefined when absent or blank (never ''). The lower-case
+ * fallback covers hand-built records with mixed-case names; Node already lower-cases what it parses.
+ */
+export function header(headers: HeaderRecord, name: string): string | undefined {
+  const v = headers[name] ?? headers[name.toLowerCase()];
+  const first = Array.isArray(v) ? v[0] : v;
+  const trimmed = first?.trim();
+  return trimmed === undefined || trimmed === '' ? undefined : trimmed;
+}
+
 /** JSON.parse that never throws: malformed chunks are skipped, not fatal (§12). */
 export function parseJson(text: string): unknown {
   try {
@@ -100,10 +114,10 @@ export function costFrom(value: unknown): DecodedResponse['upstreamCost'] {
   return undefined;
 }
 
-/** Collects generated text without quadratic string concatenation. */
 /** Generated text kept per request for estimation; the rest is extrapolated (src/decoders/estimate.ts). */
 export const TEXT_CAP_CHARS = 256 * 1024;
 
+/** Collects generated text without quadratic string concatenation. */
 export class TextSink {
   private parts: string[] = [];
   private kept = 0;

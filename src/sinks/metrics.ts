@@ -15,6 +15,7 @@ import {
   GEN_AI_OPERATION_NAME,
   GEN_AI_PROVIDER_NAME,
   GEN_AI_TOKEN_BUCKETS,
+  genAiInputTokens,
   LABELS,
   METRIC,
   NONE,
@@ -71,19 +72,6 @@ export class BoundedLabel {
     this.seen.add(v);
     return v;
   }
-}
-
-/**
- * GenAI semconv input tokens (gen_ai.usage.input_tokens, gen_ai.token.type=input) include cached
- * input, unlike our `input` partition. Known when the uncached input is known; cache parts are
- * added when reported (a null cache count was not reported, so it adds nothing rather than a 0).
- */
-export function genAiInputTokens(
-  r: Pick<RequestRecord, 'input_tokens' | 'cache_read_tokens' | 'cache_write_tokens'>,
-): number | null {
-  if (r.input_tokens === null) return null;
-  const parts = [r.input_tokens, r.cache_read_tokens, r.cache_write_tokens];
-  return parts.filter((n): n is number => n !== null).reduce((sum, n) => sum + n);
 }
 
 export function statusClass(record: Pick<RequestRecord, 'error_type' | 'http_status'>): string {

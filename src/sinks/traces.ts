@@ -19,6 +19,7 @@ import {
   defaultTextMapSetter,
   trace,
   type Attributes,
+  type Context,
   type Span,
 } from '@opentelemetry/api';
 import { ExportResultCode, W3CTraceContextPropagator, type ExportResult } from '@opentelemetry/core';
@@ -34,8 +35,7 @@ import {
 import type { Logger } from '../log.js';
 import { nanosToUnits } from '../pricing/money.js';
 import type { RequestRecord } from '../record.js';
-import { ATTR, GEN_AI_OPERATION_NAME, GEN_AI_PROVIDER_NAME } from '../semconv.js';
-import { genAiInputTokens } from './metrics.js';
+import { ATTR, GEN_AI_OPERATION_NAME, GEN_AI_PROVIDER_NAME, genAiInputTokens } from '../semconv.js';
 import type { HealthCounters, RequestStart, Sink, SinkRequest } from './types.js';
 
 export interface TraceSinkOptions {
@@ -60,9 +60,14 @@ const DEFAULT_CLOSE_TIMEOUT_MS = 5_000;
 const DEFAULT_EXPORT_TIMEOUT_MS = 10_000;
 const SUPPORTED_EXPORTERS = new Set(['otlp', 'console']);
 
+/** OTEL_SDK_DISABLED=true (OTel SDK environment spec) turns tracing off entirely. */
+function sdkDisabled(env: NodeJS.ProcessEnv): boolean {
+  return (env.OTEL_SDK_DISABLED ?? '').trim().toLowerCase() === 'true';
+}
+
 /** Which exporters the standard OTEL_* variables ask for; empty = tracing off. */
 export function tracesExportersFromEnv(env: NodeJS.ProcessEnv): string[] {
-  if ((env.OTEL_SDK_DISABLED ?? '').trim().toLowerCase() === 'true') return [];
+  if (sdkDisabled(env)) return [];
   const listed = (env.OTEL_TRACES_EXPORTER ?? '')
     .split(',')
     .map((s) => s.trim().toLowerCase())
@@ -183,7 +188,8 @@ function buildExporters(opts: TraceSinkOptions): SpanExporter[] {
 
 /** Returns the trace sink, or undefined when tracing is off (no OTLP endpoint/exporter, or OTEL_SDK_DISABLED). */
 export function createTraceSink(opts: TraceSinkOptions): TraceSink | undefined {
-  if ((opts.env.OTEL_SDK_DISABLED ?? '').trim().toLowerCase() === 'true') return undefined;
+  // Not covered by tracesExportersFromEnv when a test injects `exporter`, which skips the env.
+  if (sdkDisabled(opts.env)) return undefined;
   const exporters = buildExporters(opts);
   if (exporters.length === 0) return undefined;
 
@@ -211,30 +217,20 @@ export function createTraceSink(opts: TraceSinkOptions): TraceSink | undefined {
   // Spans begun and not yet written; bounded by the requests in flight.
   const open = new Map<string, Span>();
 
-  const startSpan = (start: RequestStart): Span => {
-    const operationName = GEN_AI_OPERATION_NAME[start.operation];
-    const attributes: Attributes = {
-      [ATTR.genAiOperationName]: operationName,
-      [ATTR.genAiProviderName]: GEN_AI_PROVIDER_NAME[start.operation],
-      [ATTR.serverAddress]: start.upstreamUrl.hostname,
-      [ATTR.serverPort]:
-        Number(start.upstreamUrl.port) || (start.upstreamUrl.protocol === 'https:' ? 443 : 80),
-      [ATTR.tokenmeterUpstream]: start.upstream,
-      [ATTR.tokenmeterApp]: start.app,
-      [ATTR.tokenmeterRecordId]: start.id,
-    };
-    if (start.request_model) attributes[ATTR.genAiRequestModel] = start.request_model;
-    const parent = propagator.extract(ROOT_CONTEXT, start.headers, defaultTextMapGetter);
-    // GenAI semconv span name: "{gen_ai.operation.name} {gen_ai.request.model}" (model when known).
-    const name = start.request_model ? `${operationName} ${start.request_model}` : operationName;
-    return tracer.startSpan(name, { kind: SpanKind.CLIENT, attributes, startTime: start.ts_start }, parent);
+  const startSpan = (identity: SpanIdentity, parent: Context): Span => {
+    const { name, attributes } = spanStart(identity);
+    return tracer.startSpan(
+      name,
+      { kind: SpanKind.CLIENT, attributes, startTime: identity.ts_start },
+      parent,
+    );
   };
 
   const sink: TraceSink = {
     name: 'traces',
 
     begin(start: RequestStart): SinkRequest {
-      const span = startSpan(start);
+      const span = startSpan(start, propagator.extract(ROOT_CONTEXT, start.headers, defaultTextMapGetter));
       open.set(start.id, span);
       const carrier: Record<string, string> = {};
       propagator.inject(trace.setSpan(ROOT_CONTEXT, span), carrier, defaultTextMapSetter);
@@ -242,29 +238,9 @@ export function createTraceSink(opts: TraceSinkOptions): TraceSink | undefined {
     },
 
     write(r: RequestRecord): void {
-      let span = open.get(r.id);
+      // No begin (e.g. a record replayed by another part): a root span covering the request.
+      const span = open.get(r.id) ?? startSpan(r, ROOT_CONTEXT);
       open.delete(r.id);
-      if (!span) {
-        // No begin (e.g. a record replayed by another part): a root span covering the request.
-        span = tracer.startSpan(
-          r.request_model
-            ? `${GEN_AI_OPERATION_NAME[r.operation]} ${r.request_model}`
-            : GEN_AI_OPERATION_NAME[r.operation],
-          {
-            kind: SpanKind.CLIENT,
-            startTime: r.ts_start,
-            attributes: {
-              [ATTR.genAiOperationName]: GEN_AI_OPERATION_NAME[r.operation],
-              [ATTR.genAiProviderName]: GEN_AI_PROVIDER_NAME[r.operation],
-              [ATTR.tokenmeterUpstream]: r.upstream,
-              [ATTR.tokenmeterApp]: r.app,
-              [ATTR.tokenmeterRecordId]: r.id,
-              ...(r.request_model ? { [ATTR.genAiRequestModel]: r.request_model } : {}),
-            },
-          },
-          ROOT_CONTEXT,
-        );
-      }
       span.setAttributes(recordAttributes(r));
       if (r.error_type !== null) span.setStatus({ code: SpanStatusCode.ERROR, message: r.error_type });
       span.end(r.ts_end);
@@ -295,6 +271,38 @@ export function createTraceSink(opts: TraceSinkOptions): TraceSink | undefined {
     },
   };
   return sink;
+}
+
+/** What a span is started from: a RequestStart (begin), or a RequestRecord when no begin came. */
+type SpanIdentity = Pick<
+  RequestStart,
+  'id' | 'ts_start' | 'upstream' | 'app' | 'operation' | 'request_model'
+> & {
+  upstreamUrl?: URL;
+};
+
+/**
+ * Span name and start attributes (§8), shared by begin() and write()'s no-begin fallback.
+ * server.address/port only when the upstream URL is known: a record carries no URL.
+ */
+function spanStart(s: SpanIdentity): { name: string; attributes: Attributes } {
+  const operationName = GEN_AI_OPERATION_NAME[s.operation];
+  const attributes: Attributes = {
+    [ATTR.genAiOperationName]: operationName,
+    [ATTR.genAiProviderName]: GEN_AI_PROVIDER_NAME[s.operation],
+  };
+  if (s.upstreamUrl) {
+    attributes[ATTR.serverAddress] = s.upstreamUrl.hostname;
+    attributes[ATTR.serverPort] =
+      Number(s.upstreamUrl.port) || (s.upstreamUrl.protocol === 'https:' ? 443 : 80);
+  }
+  attributes[ATTR.tokenmeterUpstream] = s.upstream;
+  attributes[ATTR.tokenmeterApp] = s.app;
+  attributes[ATTR.tokenmeterRecordId] = s.id;
+  if (s.request_model) attributes[ATTR.genAiRequestModel] = s.request_model;
+  // GenAI semconv span name: "{gen_ai.operation.name} {gen_ai.request.model}" (model when known).
+  const name = s.request_model ? `${operationName} ${s.request_model}` : operationName;
+  return { name, attributes };
 }
 
 /** §8 attributes known once the request finished. Unknown values are left off, never zeroed. */

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { createDecoder } from '../../src/decoders/index.js';
+import { header } from '../../src/decoders/shared.js';
 import { OPERATIONS } from '../../src/record.js';
 
 describe('createDecoder', () => {
@@ -92,5 +93,45 @@ describe('createDecoder', () => {
     });
     expect(d.result()).toStrictEqual(d.result());
     expect(d.result().usage).toStrictEqual({ input: 1, output: 1 });
+  });
+});
+
+describe('stream errors are sticky', () => {
+  // Review bug: `streamError = errorFrom(...)` let a later error-free body (or `"error": {}`) erase
+  // an error already seen.
+  const firstError = JSON.stringify({ error: { message: 'upstream exploded', code: 'server_error' } });
+  const laterBodies = [
+    JSON.stringify({ error: {}, usage: { prompt_tokens: 3, input_tokens: 3 } }),
+    JSON.stringify({ type: 'message', error: null, usage: { input_tokens: 3 } }),
+    JSON.stringify({ error: 5 }),
+  ];
+  for (const operation of ['embeddings', 'image_generation', 'responses', 'messages'] as const) {
+    it(`${operation}: a later body without an error keeps the earlier one`, () => {
+      const d = createDecoder({ operation, stream: false });
+      d.onBody(firstError);
+      for (const body of laterBodies) d.onBody(body);
+      expect(d.result().streamError, operation).toStrictEqual({
+        message: 'upstream exploded',
+        code: 'server_error',
+      });
+    });
+  }
+
+  it('embeddings: a later SSE-framed event without an error keeps the earlier one', () => {
+    const d = createDecoder({ operation: 'embeddings', stream: true });
+    d.onEvent({ data: firstError });
+    d.onEvent({ data: JSON.stringify({ error: {}, usage: { prompt_tokens: 3 } }) });
+    expect(d.result().streamError).toStrictEqual({ message: 'upstream exploded', code: 'server_error' });
+    expect(d.result().usage).toStrictEqual({ input: 3 });
+  });
+});
+
+describe('header (shared by classify and ratelimit)', () => {
+  it('takes the first value, trimmed, falls back to the lower-case name, and never returns blank', () => {
+    expect(header({ 'retry-after': [' 5 ', '6'] }, 'retry-after')).toBe('5');
+    expect(header({ 'x-request-id': 'abc' }, 'X-Request-Id')).toBe('abc');
+    expect(header({ 'x-request-id': '  ' }, 'x-request-id')).toBeUndefined();
+    expect(header({ 'x-request-id': [] }, 'x-request-id')).toBeUndefined();
+    expect(header({}, 'x-request-id')).toBeUndefined();
   });
 });

@@ -191,6 +191,38 @@ describe('trace sink with an in-memory exporter', () => {
     const text = JSON.stringify(exporter.getFinishedSpans()[0]!.attributes);
     expect(text).not.toMatch(/sk-secret|user-42|abcdef012345/);
   });
+  it('write() without begin makes a root span named and attributed like begin(), minus server.*', async () => {
+    const { sink, exporter } = memorySink();
+    const { start, record } = startAndRecord({ headers: INCOMING, app: 'chatbot' }, {});
+    sink.write(record);
+    await sink.forceFlush();
+    const [span] = exporter.getFinishedSpans();
+    expect(span!.name).toBe('chat deepseek-chat');
+    expect(span!.kind).toBe(SpanKind.CLIENT);
+    expect(span!.parentSpanContext).toBeUndefined();
+    expect(span!.attributes).toMatchObject({
+      'gen_ai.operation.name': 'chat',
+      'gen_ai.provider.name': 'openai',
+      'gen_ai.request.model': 'deepseek-chat',
+      'tokenmeter.app': 'chatbot',
+      'tokenmeter.upstream': 'cailag',
+      'tokenmeter.record_id': start.id,
+    });
+    // A record carries no upstream URL, so server.address/port are unknown and left off.
+    expect(span!.attributes).not.toHaveProperty('server.address');
+    expect(span!.attributes).not.toHaveProperty('server.port');
+  });
+
+  it('OTEL_SDK_DISABLED turns tracing off even with an injected exporter', () => {
+    const sink = createTraceSink({
+      env: { OTEL_SDK_DISABLED: 'true' },
+      captureContent: false,
+      exporter: new InMemorySpanExporter(),
+      log: SILENT_LOGGER,
+      health: NOOP_HEALTH,
+    });
+    expect(sink).toBeUndefined();
+  });
 });
 
 describe('trace sink configuration from OTEL_* env', () => {
