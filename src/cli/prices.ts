@@ -7,6 +7,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { basename } from 'node:path';
 import { Command, Option } from 'commander';
 import { ConfigError, formatProblem, TokenmeterError, UsageError, type SourceProblem } from '../errors.js';
+import { loadSettings } from '../config/load.js';
 import { loadPriceBook, priceIdOf } from '../pricing/index.js';
 import { importLitellm, importOneApi, importToYaml, type ImportResult } from '../pricing/import.js';
 import { parsePriceTable, type PriceTable } from '../pricing/table.js';
@@ -37,6 +38,7 @@ export function register(program: Command, io: PricesCliIo = PROCESS_IO): Comman
   prices
     .command('list')
     .description('show the effective price table: your files first, then the bundled presets, in match order')
+    .option('--config <file>', 'config file whose prices:, presets: and multipliers apply (as for serve)')
     .option('--prices <file...>', 'price files (YAML or JSON) overlaying the presets; later files win', [])
     .option('--no-presets', 'leave out the bundled presets under prices/')
     .option(
@@ -45,7 +47,13 @@ export function register(program: Command, io: PricesCliIo = PROCESS_IO): Comman
     )
     .addOption(new Option('--format <format>', 'output format').choices(['table', 'json']).default('table'))
     .action(
-      (opts: { prices: string[]; presets: boolean; upstreamUrl?: string; format: 'table' | 'json' }) => {
+      (opts: {
+        config?: string;
+        prices: string[];
+        presets: boolean;
+        upstreamUrl?: string;
+        format: 'table' | 'json';
+      }) => {
         let url: URL | undefined;
         if (opts.upstreamUrl !== undefined) {
           try {
@@ -54,10 +62,21 @@ export function register(program: Command, io: PricesCliIo = PROCESS_IO): Comman
             throw new UsageError(`--upstream-url: not a URL: ${opts.upstreamUrl}`);
           }
         }
+        // The same precedence as serve (flag > env > config file > default), so the table shown is
+        // the one serve would use.
+        const settings = loadSettings(
+          {
+            config: opts.config,
+            prices: opts.prices.length > 0 ? opts.prices : undefined,
+            presets: opts.presets ? undefined : false,
+          },
+          process.env,
+          process.cwd(),
+        );
         const book = loadPriceBook({
-          files: opts.prices,
-          presets: opts.presets,
-          multipliers: { upstream: {}, app: {}, model: {} },
+          files: settings.priceFiles,
+          presets: settings.presets,
+          multipliers: settings.multipliers,
           upstreams: url ? [{ name: 'default', url, trustReportedCost: false }] : [],
         });
         // Without an upstream, show every table (a host-scoped one says which hosts it is for).

@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Command } from 'commander';
@@ -178,5 +178,25 @@ describe('the prices command as a real process', () => {
     const ok = exec('prices', 'check', ...presetFiles());
     expect(ok.status).toBe(0);
     expect(ok.stdout).toMatch(/^ok: /);
+  });
+});
+
+describe('prices list with a config file', () => {
+  it('shows the table serve would use: the config’s prices: files and presets: false', async () => {
+    const dir = tempDir();
+    writeFileSync(
+      join(dir, 'mine.yaml'),
+      'currency: CNY\nunit: 1M\nprices:\n  - model: house-model\n    input: 1\n    output: 2\n',
+    );
+    const cfg = join(dir, 'tokenmeter.yaml');
+    writeFileSync(cfg, 'prices: [mine.yaml]\npresets: false\n');
+    const r = await run('prices', 'list', '--config', cfg, '--format', 'json');
+    expect(r.code).toBe(0);
+    const rows = JSON.parse(r.out) as PriceRow[];
+    expect(rows.map((x) => x.price_id)).toEqual(['mine.yaml#house-model@always']);
+    // Without the config, the presets are listed and the house model is not.
+    const all = JSON.parse((await run('prices', 'list', '--format', 'json')).out) as PriceRow[];
+    expect(all.length).toBeGreaterThan(50);
+    expect(all.some((x) => x.price_id.startsWith('mine.yaml'))).toBe(false);
   });
 });
