@@ -19,10 +19,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createProxyMiddleware } from 'http-proxy-middleware';
 import type { Settings } from '../src/config/types.js';
-import { DEFAULTS } from '../src/config/types.js';
 import { SILENT_LOGGER } from '../src/log.js';
 import type { Meter } from '../src/meter/types.js';
 import { createProxyServer, type ProxyServer } from '../src/proxy/server.js';
+import { testSettings, upstreamSettings } from '../test/proxy/helpers.js';
 import { NOOP_METER } from '../test/proxy/recording-meter.js';
 import { startBenchUpstream } from './upstream.js';
 
@@ -150,34 +150,7 @@ async function listenBareProxy(upstreamUrl: string): Promise<{ base: string; clo
 }
 
 function benchSettings(upstreamUrl: string, db: string | null): Settings {
-  return {
-    host: '127.0.0.1',
-    port: 0,
-    logLevel: 'silent',
-    db,
-    retentionDays: DEFAULTS.retentionDays,
-    audit: { ...DEFAULTS.audit, redactPatterns: [] },
-    priceFiles: [],
-    presets: true,
-    multipliers: { upstream: {}, app: {}, model: {} },
-    fx: [],
-    upstreams: [
-      {
-        name: 'default',
-        url: new URL(`${upstreamUrl}/v1`),
-        headers: {},
-        connectTimeoutMs: DEFAULTS.connectTimeoutMs,
-        idleTimeoutMs: DEFAULTS.idleTimeoutMs,
-        injectUsage: true,
-        trustReportedCost: false,
-      },
-    ],
-    routes: [],
-    apps: {},
-    budgets: [],
-    limits: { ...DEFAULTS.limits },
-    traces: { captureContent: false },
-  };
+  return testSettings([upstreamSettings('default', `${upstreamUrl}/v1`)], { db, presets: true });
 }
 
 async function main(): Promise<void> {

@@ -8,6 +8,7 @@
  * Pure: JSON in, entries and YAML text out. Every number goes through exact decimals.
  */
 import { Dec, parseDecimal } from './money.js';
+import { MONEY_KEYS } from './table.js';
 
 export interface ImportedEntry {
   model: string;
@@ -18,6 +19,8 @@ export interface ImportedEntry {
   cache_write_1h?: Dec;
   reasoning?: Dec;
   per_request?: Dec;
+  /** Never set by the importers (neither source prices images per image); kept so MONEY_KEYS fits. */
+  per_image?: Dec;
   note?: string;
 }
 
@@ -224,15 +227,7 @@ export function importToYaml(result: ImportResult, date: string): string {
   lines.push('prices:');
   for (const e of result.entries) {
     lines.push(`  - model: ${JSON.stringify(e.model)}`);
-    for (const k of [
-      'input',
-      'output',
-      'cache_read',
-      'cache_write',
-      'cache_write_1h',
-      'reasoning',
-      'per_request',
-    ] as const) {
+    for (const k of MONEY_KEYS) {
       const v = e[k];
       if (v !== undefined) lines.push(`    ${k}: ${v.toFixed()}`);
     }

@@ -68,7 +68,8 @@ const FILE_KEYS = new Set([
   'date',
   'note',
 ]);
-const MONEY_KEYS = [
+/** Price fields of an entry, in the order they are written (the importers use the same list). */
+export const MONEY_KEYS = [
   'input',
   'output',
   'cache_read',
