@@ -18,13 +18,13 @@ import type { SseEvent } from '../sse/types.js';
 import {
   buildResult,
   costFrom,
-  count,
+  Diagnostics,
   errorFrom,
   normaliseFinishReason,
   obj,
-  parseJson,
   str,
   TextSink,
+  UsageFields,
   type JsonObject,
 } from './shared.js';
 import type { DecodedResponse, UsageDecoder } from './types.js';
@@ -38,15 +38,14 @@ interface AnthropicCounts {
   output?: number;
 }
 
-function readCounts(raw: JsonObject): AnthropicCounts {
-  const creation = obj(raw.cache_creation);
+function readCounts(f: UsageFields): AnthropicCounts {
   return {
-    input: count(raw.input_tokens),
-    cacheRead: count(raw.cache_read_input_tokens),
-    cacheCreation: count(raw.cache_creation_input_tokens),
-    cache5m: count(creation?.ephemeral_5m_input_tokens),
-    cache1h: count(creation?.ephemeral_1h_input_tokens),
-    output: count(raw.output_tokens),
+    input: f.get('input_tokens'),
+    cacheRead: f.get('cache_read_input_tokens'),
+    cacheCreation: f.get('cache_creation_input_tokens'),
+    cache5m: f.get('ephemeral_5m_input_tokens', 'cache_creation'),
+    cache1h: f.get('ephemeral_1h_input_tokens', 'cache_creation'),
+    output: f.get('output_tokens'),
   };
 }
 
@@ -83,12 +82,20 @@ export class AnthropicMessagesDecoder implements UsageDecoder {
   private upstreamCost: DecodedResponse['upstreamCost'];
   private upstreamRequestId: string | undefined;
   private readonly text = new TextSink();
+  private readonly diagnostics = new Diagnostics();
+  /**
+   * A usage object was not plausible. The report is assembled from several objects
+   * (message_start + message_delta), so with one missing it is incomplete: not reported, and
+   * output left to the estimator; accepted input-side figures are kept for it.
+   */
+  private usageRejected = false;
 
   onEvent(event: SseEvent): void {
-    const payload = obj(parseJson(event.data));
+    const data = event.data.trim();
+    if (data === '' || data === '[DONE]') return;
+    const payload = obj(this.diagnostics.readEventData(data, event.event === 'error'));
     if (!payload) {
-      if (event.event === 'error' && event.data.trim() !== '')
-        this.streamError = { message: event.data.trim() };
+      if (event.event === 'error') this.streamError = { message: data };
       return;
     }
     switch (str(payload.type) ?? event.event) {
@@ -129,7 +136,7 @@ export class AnthropicMessagesDecoder implements UsageDecoder {
   }
 
   onBody(body: string): void {
-    const message = obj(parseJson(body));
+    const message = this.diagnostics.readBody(body, (e) => this.onEvent(e));
     if (!message) return;
     if (message.type === 'error') {
       this.streamError = errorFrom(message.error) ?? { message: 'error' };
@@ -154,18 +161,22 @@ export class AnthropicMessagesDecoder implements UsageDecoder {
   }
 
   result(): DecodedResponse {
-    const usage = this.sawUsage ? partitionAnthropicUsage(this.counts, this.outputKnown) : undefined;
-    return buildResult({
-      usage,
-      usageReported: this.sawUsage && this.outputKnown,
-      responseModel: this.responseModel,
-      finishReason: this.finishReason,
-      streamError: this.streamError,
-      outputText: this.text.toString(),
-      outputTextDroppedChars: this.text.dropped,
-      upstreamCost: this.upstreamCost,
-      upstreamRequestId: this.upstreamRequestId,
-    });
+    const reported = this.sawUsage && this.outputKnown && !this.usageRejected;
+    const usage = this.sawUsage ? partitionAnthropicUsage(this.counts, reported) : undefined;
+    return buildResult(
+      {
+        usage,
+        usageReported: reported,
+        responseModel: this.responseModel,
+        finishReason: this.finishReason,
+        streamError: this.streamError,
+        outputText: this.text.toString(),
+        outputTextDroppedChars: this.text.dropped,
+        upstreamCost: this.upstreamCost,
+        upstreamRequestId: this.upstreamRequestId,
+      },
+      this.diagnostics,
+    );
   }
 
   private onMessageHeader(message: JsonObject): void {
@@ -174,7 +185,12 @@ export class AnthropicMessagesDecoder implements UsageDecoder {
   }
 
   private addUsage(raw: JsonObject, final: boolean): void {
-    const counts = readCounts(raw);
+    const fields = new UsageFields(raw);
+    const counts = readCounts(fields);
+    if (!this.diagnostics.accept(fields)) {
+      this.usageRejected = true;
+      return;
+    }
     mergeCounts(this.counts, counts);
     this.upstreamCost = costFrom(raw.cost) ?? this.upstreamCost;
     this.sawUsage = true;

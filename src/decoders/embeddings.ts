@@ -6,7 +6,7 @@
  */
 import type { Usage } from '../record.js';
 import type { SseEvent } from '../sse/types.js';
-import { buildResult, count, errorFrom, obj, parseJson, str } from './shared.js';
+import { buildResult, Diagnostics, errorFrom, obj, str, UsageFields, type JsonObject } from './shared.js';
 import type { DecodedResponse, UsageDecoder } from './types.js';
 
 export class EmbeddingsDecoder implements UsageDecoder {
@@ -15,35 +15,54 @@ export class EmbeddingsDecoder implements UsageDecoder {
   private responseModel: string | undefined;
   private streamError: DecodedResponse['streamError'];
   private upstreamRequestId: string | undefined;
+  private readonly diagnostics = new Diagnostics();
 
   onEvent(event: SseEvent): void {
     // Embeddings are not streamed; a relay that frames the body as one SSE event is still read.
-    this.onBody(event.data);
+    const data = event.data.trim();
+    if (data === '' || data === '[DONE]') return;
+    const payload = obj(this.diagnostics.readEventData(data, event.event === 'error'));
+    if (payload) this.onPayload(payload);
   }
 
   onBody(body: string): void {
-    const parsed = obj(parseJson(body));
-    if (!parsed) return;
+    const parsed = this.diagnostics.readBody(body, (e) => this.onEvent(e));
+    if (parsed) this.onPayload(parsed);
+  }
+
+  result(): DecodedResponse {
+    return buildResult(
+      {
+        usage: this.usage,
+        usageReported: this.usage !== undefined,
+        responseModel: this.responseModel,
+        finishReason: undefined,
+        streamError: this.streamError,
+        outputText: '',
+        upstreamCost: undefined,
+        upstreamRequestId: this.upstreamRequestId,
+      },
+      this.diagnostics,
+    );
+  }
+
+  private onPayload(parsed: JsonObject): void {
     // A later body without an error (or with `"error": {}`) must not erase one already seen.
     this.streamError = errorFrom(parsed.error) ?? this.streamError;
     this.responseModel = str(parsed.model) ?? this.responseModel;
     this.upstreamRequestId ??= str(parsed.request_id) ?? str(parsed.id);
     const raw = obj(parsed.usage);
     if (!raw) return;
-    const input = count(raw.prompt_tokens) ?? count(raw.input_tokens) ?? count(raw.total_tokens);
+    const fields = new UsageFields(raw);
+    // All three are read (not `??`-chained) so a broken figure in any of them is seen.
+    const prompt = fields.get('prompt_tokens');
+    const inputTokens = fields.get('input_tokens');
+    const total = fields.get('total_tokens');
+    if (!this.diagnostics.accept(fields)) {
+      this.usage = undefined; // the last report decides, as in the other decoders
+      return;
+    }
+    const input = prompt ?? inputTokens ?? total;
     if (input !== undefined && input > 0) this.usage = { input };
-  }
-
-  result(): DecodedResponse {
-    return buildResult({
-      usage: this.usage,
-      usageReported: this.usage !== undefined,
-      responseModel: this.responseModel,
-      finishReason: undefined,
-      streamError: this.streamError,
-      outputText: '',
-      upstreamCost: undefined,
-      upstreamRequestId: this.upstreamRequestId,
-    });
   }
 }

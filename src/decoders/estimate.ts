@@ -127,11 +127,20 @@ function estimateInput(info: DecoderRequestInfo, body: Record<string, unknown>):
   return tokens;
 }
 
-/** Tokens of the kept text, plus the dropped tail extrapolated at the kept text's tokens per char. */
-function estimateOutput(decoded: DecodedResponse): number {
+/**
+ * Output tokens from the generated text the decoder saw: the kept text, plus the dropped tail
+ * extrapolated at the kept text's tokens per char. Unknown (undefined), never a made-up 0, when
+ * there is no text to count: a body that could not be read, a response without an answer, a
+ * stream cut before its first content, or an answer cut by the length limit with no visible text
+ * (reasoning models spend the whole budget on hidden reasoning). Only an answer the upstream says
+ * finished normally (`stop`) with no text at all is a true count of 0.
+ */
+function estimateOutput(decoded: DecodedResponse): number | undefined {
+  if (decoded.bodyMalformed !== undefined) return undefined;
+  if (decoded.outputText.length === 0) return decoded.finishReason === 'stop' ? 0 : undefined;
   const kept = countTextTokens(decoded.outputText);
   const dropped = decoded.outputTextDroppedChars ?? 0;
-  if (dropped === 0 || decoded.outputText.length === 0) return kept;
+  if (dropped === 0) return kept;
   return kept + Math.ceil((kept * dropped) / decoded.outputText.length);
 }
 
@@ -139,7 +148,8 @@ function estimateOutput(decoded: DecodedResponse): number {
  * Estimate usage for a request whose upstream reported none (or was aborted). Returns undefined
  * when there is nothing to count from (no request body, operation without tokens, images).
  * Input figures the upstream did state (e.g. Anthropic `message_start` before a cut) are kept;
- * only what is missing is counted locally. Estimated input is all "uncached".
+ * only what is missing is counted locally. Estimated input is all "uncached". Output is left
+ * absent when it cannot be counted (see estimateOutput): pricing then says so instead of billing 0.
  */
 export function estimateUsage(info: DecoderRequestInfo, decoded: DecodedResponse): Usage | undefined {
   if (info.operation === 'other' || info.operation === 'image_generation') return undefined;
@@ -156,7 +166,8 @@ export function estimateUsage(info: DecoderRequestInfo, decoded: DecodedResponse
     if (reported.cacheWrite1h !== undefined) usage.cacheWrite1h = reported.cacheWrite1h;
   }
   if (info.operation !== 'embeddings') {
-    usage.output = reported.output ?? estimateOutput(decoded);
+    const output = reported.output ?? estimateOutput(decoded);
+    if (output !== undefined) usage.output = output;
   }
   return usage;
 }

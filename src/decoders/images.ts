@@ -8,7 +8,18 @@
 import type { Usage } from '../record.js';
 import type { SseEvent } from '../sse/types.js';
 import { partitionResponsesUsage } from './openai-responses.js';
-import { buildResult, errorFrom, isPlaceholder, obj, parseJson, str, type JsonObject } from './shared.js';
+import {
+  buildResult,
+  Diagnostics,
+  errorFrom,
+  isPlaceholder,
+  MAX_IMAGES_PER_REQUEST,
+  obj,
+  readCount,
+  str,
+  UsageFields,
+  type JsonObject,
+} from './shared.js';
 import type { DecodedResponse, UsageDecoder } from './types.js';
 
 export class ImagesDecoder implements UsageDecoder {
@@ -18,13 +29,24 @@ export class ImagesDecoder implements UsageDecoder {
   private responseModel: string | undefined;
   private streamError: DecodedResponse['streamError'];
   private upstreamRequestId: string | undefined;
+  private readonly diagnostics = new Diagnostics();
+  /**
+   * A token report was not plausible. Streamed reports are per image and added, so the sum is
+   * unknown from then on (a partial sum would under-state); the image count stays known.
+   */
+  private tokensRejected = false;
+  /** More images than any endpoint returns: the count is not a number we can bill. */
+  private imagesImplausible = false;
 
   onEvent(event: SseEvent): void {
-    const payload = obj(parseJson(event.data));
+    const data = event.data.trim();
+    if (data === '' || data === '[DONE]') return;
+    const payload = obj(this.diagnostics.readEventData(data, event.event === 'error'));
     if (!payload) return;
     const type = str(payload.type) ?? event.event;
     if (type === 'image_generation.completed') {
-      this.images = this.images === undefined ? 1 : this.images + 1; // one per completed image event
+      // One per completed image event.
+      this.setImages(this.images === undefined ? 1 : this.images + 1);
       this.readUsage(payload);
     } else if (type === 'error' || (payload.error !== undefined && payload.error !== null)) {
       this.streamError = errorFrom(payload.error ?? payload) ?? { message: 'error' };
@@ -32,37 +54,54 @@ export class ImagesDecoder implements UsageDecoder {
   }
 
   onBody(body: string): void {
-    const parsed = obj(parseJson(body));
+    const parsed = this.diagnostics.readBody(body, (e) => this.onEvent(e));
     if (!parsed) return;
     // A later body without an error (or with `"error": {}`) must not erase one already seen.
     this.streamError = errorFrom(parsed.error) ?? this.streamError;
     this.responseModel = str(parsed.model) ?? this.responseModel;
     this.upstreamRequestId ??= str(parsed.request_id) ?? str(parsed.id);
-    if (Array.isArray(parsed.data)) this.images = parsed.data.length;
+    if (Array.isArray(parsed.data)) this.setImages(parsed.data.length);
     this.readUsage(parsed);
   }
 
   result(): DecodedResponse {
+    const images = this.imagesImplausible ? undefined : this.images;
+    const tokens = this.tokensRejected ? undefined : this.tokens;
+    // Images without token usage report just the count (the billable unit); no token is claimed.
     const usage: Usage | undefined =
-      this.images === undefined && this.tokens === undefined
-        ? undefined
-        : { ...this.tokens, images: this.images };
-    return buildResult({
-      usage,
-      usageReported: usage !== undefined,
-      responseModel: this.responseModel,
-      finishReason: undefined,
-      streamError: this.streamError,
-      outputText: '',
-      upstreamCost: undefined,
-      upstreamRequestId: this.upstreamRequestId,
-    });
+      images === undefined && tokens === undefined ? undefined : { ...tokens, images };
+    return buildResult(
+      {
+        usage,
+        usageReported: usage !== undefined,
+        responseModel: this.responseModel,
+        finishReason: undefined,
+        streamError: this.streamError,
+        outputText: '',
+        upstreamCost: undefined,
+        upstreamRequestId: this.upstreamRequestId,
+      },
+      this.diagnostics,
+    );
+  }
+
+  private setImages(n: number): void {
+    this.images = n;
+    if (readCount(n, MAX_IMAGES_PER_REQUEST) === null && !this.imagesImplausible) {
+      this.imagesImplausible = true;
+      this.diagnostics.note('usage_implausible:images');
+    }
   }
 
   private readUsage(payload: JsonObject): void {
     const raw = obj(payload.usage);
     if (!raw) return;
-    const usage = partitionResponsesUsage(raw);
+    const fields = new UsageFields(raw);
+    const usage = partitionResponsesUsage(fields);
+    if (!this.diagnostics.accept(fields)) {
+      this.tokensRejected = true;
+      return;
+    }
     if (isPlaceholder(usage)) return;
     if (this.tokens === undefined) {
       this.tokens = usage;

@@ -17,14 +17,15 @@ import {
   buildResult,
   costFrom,
   count,
+  Diagnostics,
   errorFrom,
   isPlaceholder,
   minus,
   normaliseFinishReason,
   obj,
-  parseJson,
   str,
   TextSink,
+  UsageFields,
 } from './shared.js';
 import type { DecodedResponse, UsageDecoder } from './types.js';
 
@@ -36,17 +37,19 @@ import type { DecodedResponse, UsageDecoder } from './types.js';
  * - Some relays (OpenRouter-style) add `prompt_tokens_details.cache_write_tokens`, also inside prompt_tokens.
  * - `completion_tokens` INCLUDES `completion_tokens_details.reasoning_tokens`.
  */
-export function partitionOpenAiUsage(raw: Record<string, unknown>): Usage {
-  const prompt = count(raw.prompt_tokens);
-  const completion = count(raw.completion_tokens);
-  const promptDetails = obj(raw.prompt_tokens_details);
-  const completionDetails = obj(raw.completion_tokens_details);
-  const hit = count(raw.prompt_cache_hit_tokens);
-  const miss = count(raw.prompt_cache_miss_tokens);
-  const cached = count(promptDetails?.cached_tokens);
-  const cacheWrite = count(promptDetails?.cache_write_tokens) ?? count(promptDetails?.cache_creation_tokens);
+export function partitionOpenAiUsage(f: UsageFields): Usage {
+  const prompt = f.get('prompt_tokens');
+  const completion = f.get('completion_tokens');
+  const hit = f.get('prompt_cache_hit_tokens');
+  const miss = f.get('prompt_cache_miss_tokens');
+  const cached = f.get('cached_tokens', 'prompt_tokens_details');
+  const cacheWrite =
+    f.get('cache_write_tokens', 'prompt_tokens_details') ??
+    f.get('cache_creation_tokens', 'prompt_tokens_details');
+  const reasoning = f.get('reasoning_tokens', 'completion_tokens_details');
+  f.check('total_tokens');
 
-  const usage: Usage = { output: completion, reasoning: count(completionDetails?.reasoning_tokens) };
+  const usage: Usage = { output: completion, reasoning };
   if (hit !== undefined) {
     usage.cacheRead = hit;
     usage.input = miss ?? minus(prompt, hit);
@@ -68,13 +71,16 @@ export class OpenAiChatDecoder implements UsageDecoder {
   private upstreamCost: DecodedResponse['upstreamCost'];
   private upstreamRequestId: string | undefined;
   private readonly text = new TextSink();
+  private readonly diagnostics = new Diagnostics();
+  /** The last usage object seen was not plausible: no report stands (an earlier one may be partial). */
+  private lastUsageRejected = false;
 
   constructor(readonly operation: 'chat' | 'text_completion') {}
 
   onEvent(event: SseEvent): void {
     const data = event.data.trim();
     if (data === '' || data === '[DONE]') return;
-    const parsed = parseJson(data);
+    const parsed = this.diagnostics.readEventData(data, event.event === 'error');
     if (event.event === 'error') {
       // Some relays send `event: error` with a bare message or an OpenAI error envelope.
       this.streamError = errorFrom(obj(parsed)?.error ?? parsed ?? data) ?? { message: data };
@@ -85,22 +91,26 @@ export class OpenAiChatDecoder implements UsageDecoder {
   }
 
   onBody(body: string): void {
-    const parsed = obj(parseJson(body));
+    const parsed = this.diagnostics.readBody(body, (e) => this.onEvent(e));
     if (parsed) this.onChunk(parsed);
   }
 
   result(): DecodedResponse {
-    return buildResult({
-      usage: this.usage,
-      usageReported: this.usage !== undefined,
-      responseModel: this.responseModel,
-      finishReason: this.finishReason,
-      streamError: this.streamError,
-      outputText: this.text.toString(),
-      outputTextDroppedChars: this.text.dropped,
-      upstreamCost: this.upstreamCost,
-      upstreamRequestId: this.upstreamRequestId,
-    });
+    const usage = this.lastUsageRejected ? undefined : this.usage;
+    return buildResult(
+      {
+        usage,
+        usageReported: usage !== undefined,
+        responseModel: this.responseModel,
+        finishReason: this.finishReason,
+        streamError: this.streamError,
+        outputText: this.text.toString(),
+        outputTextDroppedChars: this.text.dropped,
+        upstreamCost: this.upstreamCost,
+        upstreamRequestId: this.upstreamRequestId,
+      },
+      this.diagnostics,
+    );
   }
 
   private onChunk(chunk: Record<string, unknown>): void {
@@ -149,10 +159,17 @@ export class OpenAiChatDecoder implements UsageDecoder {
   private considerUsage(value: unknown): void {
     const raw = obj(value);
     if (!raw) return;
-    const usage = partitionOpenAiUsage(raw);
+    const fields = new UsageFields(raw);
+    const usage = partitionOpenAiUsage(fields);
+    if (!this.diagnostics.accept(fields)) {
+      // Last report decides: a cumulative stream's earlier figure is partial, so none stands now.
+      this.lastUsageRejected = true;
+      return;
+    }
     const cost = costFrom(raw.cost);
     if (cost) this.upstreamCost = cost;
     if (isPlaceholder(usage)) return;
     this.usage = usage; // replace, never add (repeated / cumulative reports)
+    this.lastUsageRejected = false;
   }
 }

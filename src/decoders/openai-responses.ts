@@ -11,27 +11,25 @@ import type { SseEvent } from '../sse/types.js';
 import {
   buildResult,
   costFrom,
-  count,
+  Diagnostics,
   errorFrom,
   isPlaceholder,
   minus,
   normaliseFinishReason,
   obj,
-  parseJson,
   str,
   TextSink,
+  UsageFields,
 } from './shared.js';
 import type { DecodedResponse, UsageDecoder } from './types.js';
 
-export function partitionResponsesUsage(raw: Record<string, unknown>): Usage {
-  const input = count(raw.input_tokens);
-  const cached = count(obj(raw.input_tokens_details)?.cached_tokens);
-  return {
-    input: minus(input, cached),
-    cacheRead: cached,
-    output: count(raw.output_tokens),
-    reasoning: count(obj(raw.output_tokens_details)?.reasoning_tokens),
-  };
+export function partitionResponsesUsage(f: UsageFields): Usage {
+  const input = f.get('input_tokens');
+  const cached = f.get('cached_tokens', 'input_tokens_details');
+  const output = f.get('output_tokens');
+  const reasoning = f.get('reasoning_tokens', 'output_tokens_details');
+  f.check('total_tokens');
+  return { input: minus(input, cached), cacheRead: cached, output, reasoning };
 }
 
 const TEXT_DELTA_EVENTS = new Set([
@@ -53,11 +51,14 @@ export class OpenAiResponsesDecoder implements UsageDecoder {
   private readonly text = new TextSink();
   /** Text came from deltas; the terminal response's output must not add it a second time. */
   private sawDeltas = false;
+  private readonly diagnostics = new Diagnostics();
+  /** The last usage object seen was not plausible: no report stands. */
+  private lastUsageRejected = false;
 
   onEvent(event: SseEvent): void {
     const data = event.data.trim();
     if (data === '' || data === '[DONE]') return;
-    const payload = obj(parseJson(data));
+    const payload = obj(this.diagnostics.readEventData(data, event.event === 'error'));
     if (!payload) {
       if (event.event === 'error') this.streamError = { message: data };
       return;
@@ -90,7 +91,7 @@ export class OpenAiResponsesDecoder implements UsageDecoder {
   }
 
   onBody(body: string): void {
-    const parsed = obj(parseJson(body));
+    const parsed = this.diagnostics.readBody(body, (e) => this.onEvent(e));
     if (!parsed) return;
     if (parsed.object === 'response' || parsed.output !== undefined || parsed.usage !== undefined) {
       this.onResponse(parsed, true);
@@ -101,17 +102,21 @@ export class OpenAiResponsesDecoder implements UsageDecoder {
   }
 
   result(): DecodedResponse {
-    return buildResult({
-      usage: this.usage,
-      usageReported: this.usage !== undefined,
-      responseModel: this.responseModel,
-      finishReason: this.finishReason,
-      streamError: this.streamError,
-      outputText: this.text.toString(),
-      outputTextDroppedChars: this.text.dropped,
-      upstreamCost: this.upstreamCost,
-      upstreamRequestId: this.upstreamRequestId,
-    });
+    const usage = this.lastUsageRejected ? undefined : this.usage;
+    return buildResult(
+      {
+        usage,
+        usageReported: usage !== undefined,
+        responseModel: this.responseModel,
+        finishReason: this.finishReason,
+        streamError: this.streamError,
+        outputText: this.text.toString(),
+        outputTextDroppedChars: this.text.dropped,
+        upstreamCost: this.upstreamCost,
+        upstreamRequestId: this.upstreamRequestId,
+      },
+      this.diagnostics,
+    );
   }
 
   private onResponse(response: Record<string, unknown> | undefined, terminal: boolean): void {
@@ -145,9 +150,17 @@ export class OpenAiResponsesDecoder implements UsageDecoder {
 
     const rawUsage = obj(response.usage);
     if (rawUsage) {
-      const usage = partitionResponsesUsage(rawUsage);
+      const fields = new UsageFields(rawUsage);
+      const usage = partitionResponsesUsage(fields);
+      if (!this.diagnostics.accept(fields)) {
+        this.lastUsageRejected = true;
+        return;
+      }
       this.upstreamCost = costFrom(rawUsage.cost) ?? this.upstreamCost;
-      if (!isPlaceholder(usage)) this.usage = usage;
+      if (!isPlaceholder(usage)) {
+        this.usage = usage;
+        this.lastUsageRejected = false;
+      }
     }
   }
 }

@@ -82,6 +82,15 @@ function isEmpty(w: RateLimitWindow): boolean {
   return w.limit === undefined && w.remaining === undefined && w.resetMs === undefined;
 }
 
+/**
+ * Cheap pre-check: does a response carry any rate-limit header at all? Most do not (a relay often
+ * strips them), and parsing looks up a dozen names per response.
+ */
+export function hasRateLimitHeaders(headers: HeaderRecord): boolean {
+  for (const name in headers) if (name.includes('ratelimit') || name.startsWith('retry-after')) return true;
+  return false;
+}
+
 export function parseRateLimitHeaders(headers: HeaderRecord, now: Date = new Date()): RateLimitInfo {
   const h = (name: string): string | undefined => header(headers, name);
 

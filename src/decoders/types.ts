@@ -19,6 +19,13 @@ export interface DecodedResponse {
   /** A cost the upstream stated in the body, in its own currency units, as a decimal string. */
   upstreamCost?: { amount: string; currency?: string };
   upstreamRequestId?: string;
+  /**
+   * A 2xx body that is not what the endpoint speaks (HTML, plain text, truncated JSON): what was
+   * wrong, e.g. "non-JSON body (text/html)". Usage then stays unknown, never 0.
+   */
+  bodyMalformed?: string;
+  /** Why a reported figure was not accepted (e.g. "usage_implausible:output_tokens"); become record notes. */
+  notes?: string[];
 }
 
 /**
