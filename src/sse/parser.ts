@@ -18,7 +18,7 @@
  * space stripped from values; an event with no `data:` line is not dispatched). Deviation: `id`
  * is per event (not a sticky "last event id"), which is what metering needs.
  */
-import type { SseEvent } from './types.js';
+import type { SseByteObserver, SseEvent } from './types.js';
 
 export interface SseParserOptions {
   onEvent: (event: SseEvent) => void;
@@ -26,6 +26,11 @@ export interface SseParserOptions {
   onOversize?: (bytes: number) => void;
   /** Cap on one event's size in bytes (its lines and line ends). Default 8 MiB (§3.2). */
   maxEventBytes?: number;
+  /**
+   * Where each line and event ends in the raw bytes (see SseByteObserver), for the usage-chunk
+   * stripper. Left unset on the metering path, which then pays one `undefined` check per line.
+   */
+  byteObserver?: SseByteObserver;
 }
 
 const LF = 0x0a;
@@ -36,11 +41,13 @@ const DEFAULT_MAX_EVENT_BYTES = 8 * 1024 * 1024;
 const INITIAL_LINE_BUFFER = 4096;
 /** A line buffer grown past this for one huge line is released once that line is done. */
 const KEEP_LINE_BUFFER = 64 * 1024;
+const EMPTY = Buffer.alloc(0);
 
 export class SseParser {
   private readonly onEvent: (event: SseEvent) => void;
   private readonly onOversize: ((bytes: number) => void) | undefined;
   private readonly maxEventBytes: number;
+  private readonly observer: SseByteObserver | undefined;
 
   /**
    * Bytes of the current, not yet terminated line carried over from earlier chunks, in one
@@ -61,11 +68,14 @@ export class SseParser {
   /** The current event went over the cap: ignore lines until the blank line that ends it. */
   private skipping = false;
   private ended = false;
+  /** Offset in the current chunk just past the line end of the line being completed (for the observer). */
+  private lineNext = 0;
 
   constructor(opts: SseParserOptions) {
     this.onEvent = opts.onEvent;
     this.onOversize = opts.onOversize;
     this.maxEventBytes = opts.maxEventBytes ?? DEFAULT_MAX_EVENT_BYTES;
+    this.observer = opts.byteObserver;
   }
 
   feed(chunk: Uint8Array): void {
@@ -76,7 +86,10 @@ export class SseParser {
     let pos = 0;
     if (this.lastWasCR) {
       this.lastWasCR = false;
-      if (buf[0] === LF) pos = 1;
+      if (buf[0] === LF) {
+        pos = 1;
+        if (this.observer !== undefined) this.observer.onLineEndContinued();
+      }
     }
     // indexOf(CR) is cached: most streams have no CR at all, and rescanning per line would be quadratic.
     let nextCR = buf.indexOf(CR, pos);
@@ -92,22 +105,26 @@ export class SseParser {
         this.carry(buf, pos, buf.length);
         return;
       }
-      this.completeLine(buf, pos, lineEnd);
-      pos = lineEnd + 1;
+      let next = lineEnd + 1;
       if (buf[lineEnd] === CR) {
-        if (pos === buf.length) this.lastWasCR = true;
-        else if (buf[pos] === LF) pos += 1;
+        if (next === buf.length) this.lastWasCR = true;
+        else if (buf[next] === LF) next += 1;
       }
+      this.lineNext = next;
+      this.completeLine(buf, pos, lineEnd);
+      pos = next;
     }
   }
 
   /** End of stream: a last line without line end is a line; a last event without blank line is dispatched. */
   end(): void {
     if (this.ended) return;
+    this.lineNext = 0;
     if (this.pendingLength > 0) {
-      this.completeLine(Buffer.alloc(0), 0, 0);
+      this.completeLine(EMPTY, 0, 0);
     }
-    this.dispatch();
+    // Only a span with bytes is dispatched (and reported): a stream that ended on a blank line has none.
+    if (this.eventBytes > 0 || this.skipping) this.dispatch();
     this.ended = true;
   }
 
@@ -154,9 +171,10 @@ export class SseParser {
     if (this.skipping) {
       this.pendingLength = 0;
       if (lineLength === 0) {
-        this.finishSkipping();
+        this.dispatch();
       } else {
         this.eventBytes += lineLength + 1;
+        if (this.observer !== undefined) this.observer.onLine('oversize', this.lineNext, EMPTY, 0, 0);
       }
       return;
     }
@@ -167,6 +185,7 @@ export class SseParser {
     if (this.eventBytes + lineLength + 1 > this.maxEventBytes) {
       this.startSkipping();
       this.eventBytes += end - start + 1;
+      if (this.observer !== undefined) this.observer.onLine('oversize', this.lineNext, EMPTY, 0, 0);
       return;
     }
     this.eventBytes += lineLength + 1;
@@ -202,17 +221,26 @@ export class SseParser {
   }
 
   private processField(line: Buffer, start: number, end: number): void {
-    if (line[start] === COLON) return; // comment / keep-alive (": ping")
+    if (line[start] === COLON) {
+      // comment / keep-alive (": ping")
+      if (this.observer !== undefined) this.observer.onLine('comment', this.lineNext, line, end, end);
+      return;
+    }
     const colon = line.indexOf(COLON, start);
     let field: string;
     let value: string;
+    let valueStart = end;
     if (colon === -1 || colon >= end) {
       field = line.toString('utf8', start, end);
       value = '';
     } else {
       field = line.toString('latin1', start, colon);
-      const valueStart = line[colon + 1] === SPACE ? colon + 2 : colon + 1;
+      valueStart = line[colon + 1] === SPACE ? colon + 2 : colon + 1;
       value = line.toString('utf8', valueStart, end);
+    }
+    if (this.observer !== undefined) {
+      if (field === 'data') this.observer.onLine('data', this.lineNext, line, valueStart, end);
+      else this.observer.onLine('field', this.lineNext, line, end, end);
     }
     switch (field) {
       case 'data':
@@ -237,11 +265,14 @@ export class SseParser {
     this.onOversize?.(bytes);
   }
 
+  /** The blank line (or the end of the stream) that ends the current span. */
   private dispatch(): void {
-    if (this.skipping) {
-      this.finishSkipping();
-      return;
-    }
+    if (this.skipping) this.finishSkipping();
+    else this.dispatchEvent();
+    if (this.observer !== undefined) this.observer.onEventEnd(this.lineNext);
+  }
+
+  private dispatchEvent(): void {
     const data = this.data;
     const eventType = this.eventType;
     const id = this.eventId;

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { SseParser } from '../../src/sse/parser.js';
-import type { SseEvent } from '../../src/sse/types.js';
+import type { SseEvent, SseLineKind } from '../../src/sse/types.js';
 
 function parseChunks(
   chunks: Uint8Array[],
@@ -191,4 +191,118 @@ describe('SseParser split invariance (property tests)', () => {
       expect(parseChunks([b.subarray(0, i), b.subarray(i)], 128), `split at ${i}`).toEqual(reference);
     }
   });
+});
+
+/**
+ * The byte observer lets a caller map parsed events back to the exact bytes they came from (the
+ * usage-chunk stripper forwards or drops an event's original bytes). Spans are rebuilt here the
+ * way a caller must: bytes up to each reported boundary, a continued CRLF's LF going with the
+ * boundary reported last.
+ */
+function observe(
+  chunks: Uint8Array[],
+  maxEventBytes?: number,
+): { spans: string[]; lines: Array<[SseLineKind, string, string]>; order: string[] } {
+  const spans: string[] = [];
+  const lines: Array<[SseLineKind, string, string]> = [];
+  const order: string[] = [];
+  let cur: number[] = [];
+  let chunk: Uint8Array = new Uint8Array(0);
+  let pos = 0;
+  let lineStart = 0;
+  let lastWasEventEnd = false;
+  const take = (end: number) => {
+    for (let i = pos; i < end; i++) cur.push(chunk[i]!);
+    pos = end;
+  };
+  const dec = (a: number[]) => Buffer.from(a).toString('utf8');
+  const parser = new SseParser({
+    onEvent: (e) => order.push(`event ${e.data}`),
+    onOversize: (n) => order.push(`oversize ${n}`),
+    ...(maxEventBytes === undefined ? {} : { maxEventBytes }),
+    byteObserver: {
+      onLine(kind, end, value, valueStart, valueEnd) {
+        take(end);
+        lines.push([kind, dec(cur.slice(lineStart)), value.toString('utf8', valueStart, valueEnd)]);
+        lineStart = cur.length;
+        lastWasEventEnd = false;
+      },
+      onEventEnd(end) {
+        take(end);
+        spans.push(dec(cur));
+        order.push('end');
+        cur = [];
+        lineStart = 0;
+        lastWasEventEnd = true;
+      },
+      onLineEndContinued() {
+        if (lastWasEventEnd) spans[spans.length - 1] += '\n';
+        else cur.push(0x0a);
+        if (!lastWasEventEnd) lines[lines.length - 1]![1] += '\n';
+        lineStart = cur.length;
+        pos = 1;
+      },
+    },
+  });
+  for (const c of chunks) {
+    chunk = c;
+    pos = 0;
+    parser.feed(c);
+    take(c.length);
+  }
+  chunk = new Uint8Array(0);
+  pos = 0;
+  parser.end();
+  if (cur.length > 0) spans.push(`UNREPORTED:${dec(cur)}`);
+  return { spans, lines, order };
+}
+
+describe('SseParser byte observer', () => {
+  it('reports each event span, line kinds and data values, onEvent before the span end', () => {
+    const text = '\uFEFF: hi\nevent: x\ndata: {"a":\ndata:1}\n\n: ping\n\ndata: [DONE]\r\n\r\ndata: tail';
+    const r = observe([bytes(text)]);
+    expect(r.spans).toEqual([
+      '\uFEFF: hi\nevent: x\ndata: {"a":\ndata:1}\n\n',
+      ': ping\n\n',
+      'data: [DONE]\r\n\r\n',
+      'data: tail',
+    ]);
+    expect(r.lines).toEqual([
+      ['comment', '\uFEFF: hi\n', ''],
+      ['field', 'event: x\n', ''],
+      ['data', 'data: {"a":\n', '{"a":'],
+      ['data', 'data:1}\n', '1}'],
+      ['comment', ': ping\n', ''],
+      ['data', 'data: [DONE]\r\n', '[DONE]'],
+      ['data', 'data: tail', 'tail'],
+    ]);
+    expect(r.order).toEqual(['event {"a":\n1}', 'end', 'end', 'event [DONE]', 'end', 'event tail', 'end']);
+  });
+
+  it('marks the lines of an oversize event and still ends its span at its blank line', () => {
+    const text = `data: ok\n\ndata: ${'x'.repeat(200)}\ndata: more\n\ndata: after\n\n`;
+    const r = observe([bytes(text)], 64);
+    expect(r.spans).toEqual(['data: ok\n\n', `data: ${'x'.repeat(200)}\ndata: more\n\n`, 'data: after\n\n']);
+    expect(r.lines.map(([k]) => k)).toEqual(['data', 'oversize', 'oversize', 'data']);
+  });
+
+  const streams: Record<string, string> = {
+    lf: 'data: {"choices":[{"delta":{"content":"héllo 😀"}}]}\n\n: ping\n\nevent: x\nid: 1\ndata: a\ndata: b\n\ndata: [DONE]\n\n',
+    crlf: '\uFEFFevent: message_start\r\ndata: {"t":"ü"}\r\n\r\n: keep-alive\r\n\r\ndata: 2\r\n\r\ndata: tail',
+    cr: 'data: one\r\rdata: two\rdata: 三\r\r:c\r\rdata: end\r\r',
+    mixed: '\r\ndata: a\r\n\ndata: b\n\r\ndata: c\r\rdata: d\n\ndata:e\r',
+  };
+  for (const [name, text] of Object.entries(streams)) {
+    it(`${name}: spans tile the input and are the same at every split point and byte by byte`, () => {
+      const b = bytes(text);
+      const reference = observe([b]);
+      expect(reference.spans.join('')).toBe(text);
+      expect(reference.spans.length).toBeGreaterThan(2);
+      for (let i = 0; i <= b.length; i++) {
+        expect(observe([b.subarray(0, i), b.subarray(i)]), `split at ${i}`).toEqual(reference);
+      }
+      const single = Array.from({ length: b.length }, (_, i) => b.subarray(i, i + 1));
+      expect(observe(single)).toEqual(reference);
+    });
+  }
 });
