@@ -3,6 +3,7 @@ import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { createLogger, SILENT_LOGGER } from '../../src/log.js';
 import type { RequestRecord } from '../../src/record.js';
 import {
+  auditTestHooks,
   openAuditLog,
   rowToRecord,
   type AuditLogOptions,
@@ -12,6 +13,8 @@ import { DAY_MS, REQUEST_COLUMN_NAMES } from '../../src/sinks/audit/migrations.j
 import { fullRecord, nullRecord, recordingHealth, tempDir, type TempDir } from './records.js';
 
 let tmp: TempDir;
+/** Every test runs against both writers: the thread (the default for a file) and the main thread. */
+let writerMode: 'thread' | 'main' = 'thread';
 const open: AuditSink[] = [];
 
 beforeEach(() => {
@@ -35,6 +38,7 @@ function openLog(overrides: Partial<AuditLogOptions> = {}): AuditSink {
     redactPatterns: [],
     health: recordingHealth(),
     log: SILENT_LOGGER,
+    writer: writerMode,
     ...overrides,
   });
   open.push(sink);
@@ -60,7 +64,11 @@ function logLines(): { lines: Array<Record<string, unknown>>; log: ReturnType<ty
   return { lines, log: createLogger('debug', (l) => lines.push(JSON.parse(l) as Record<string, unknown>)) };
 }
 
-describe('audit log writer', () => {
+describe.each(['thread', 'main'] as const)('audit log writer (%s)', (mode) => {
+  beforeEach(() => {
+    writerMode = mode;
+  });
+
   it('stores one row per record with every field round-tripping, nulls staying null', async () => {
     const audit = openLog();
     const full = fullRecord();
@@ -174,7 +182,7 @@ describe('audit log writer', () => {
     const health = recordingHealth();
     const { lines, log } = logLines();
     const audit = openLog({ health, log, flushIntervalMs: 10, minBackoffMs: 5, maxBackoffMs: 20 });
-    audit.db.pragma('query_only = ON');
+    await auditTestHooks.execOnWriter(audit, 'PRAGMA query_only = ON');
     const r = fullRecord();
     audit.write(r);
     await audit.flush();
@@ -183,7 +191,7 @@ describe('audit log writer', () => {
     expect(lines.find((l) => l['msg']?.toString().startsWith('audit log write failed'))?.['kind']).toBe(
       'read_only',
     );
-    audit.db.pragma('query_only = OFF');
+    await auditTestHooks.execOnWriter(audit, 'PRAGMA query_only = OFF');
     await vi.waitFor(() => expect(storedIds()).toEqual([r.id]));
     expect(health.dropped).toBe(0);
   });
@@ -193,7 +201,7 @@ describe('audit log writer', () => {
     const { lines, log } = logLines();
     const audit = openLog({ health, log, flushIntervalMs: 10, minBackoffMs: 5, maxBackoffMs: 20 });
     const pages = Number(audit.db.pragma('page_count', { simple: true }));
-    audit.db.pragma(`max_page_count = ${pages}`);
+    await auditTestHooks.execOnWriter(audit, `PRAGMA max_page_count = ${pages}`);
     const records = Array.from({ length: 200 }, () => fullRecord({ error_message: 'e'.repeat(500) }));
     for (const r of records) audit.write(r);
     await audit.flush();
@@ -201,7 +209,7 @@ describe('audit log writer', () => {
     expect(lines.find((l) => l['msg']?.toString().startsWith('audit log write failed'))?.['kind']).toBe(
       'full',
     );
-    audit.db.pragma('max_page_count = 1073741823');
+    await auditTestHooks.execOnWriter(audit, 'PRAGMA max_page_count = 1073741823');
     await vi.waitFor(() => expect(storedIds()).toHaveLength(200));
     expect(health.dropped).toBe(0);
   });

@@ -1,0 +1,78 @@
+/**
+ * RequestRecord ⇄ SQLite row. The one place that decides what a record field becomes in its
+ * column, including the last line of defence for the INTEGER token and money columns: decoders
+ * reject implausible usage (issue 11), but a value that reaches the writer anyway (1e30, 2^53+1,
+ * a negative or fractional count) must never be stored — SQLite would keep 1e30 as a REAL in an
+ * INTEGER column, and every later SUM in `report` and budgets would be wrong or lose precision.
+ */
+import type { RequestRecord } from '../../record.js';
+import { REQUEST_COLUMNS, REQUEST_COLUMN_NAMES, type RequestColumn } from './migrations.js';
+
+export type Row = Record<string, string | number | bigint | null>;
+
+/** Counts of tokens and images: non-negative safe integers or NULL (unknown). */
+const COUNT_COLUMNS = [
+  'input_tokens',
+  'cache_read_tokens',
+  'cache_write_tokens',
+  'cache_write_1h_tokens',
+  'output_tokens',
+  'reasoning_tokens',
+  'images',
+] as const satisfies readonly RequestColumn[];
+
+/** Money in nanos: a non-negative safe integer (≈ 9 million currency units per request) or NULL. */
+const MONEY_COLUMNS = [
+  'cost_nanos',
+  'upstream_reported_cost_nanos',
+] as const satisfies readonly RequestColumn[];
+
+const plausible = (v: unknown): boolean => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
+
+/** Nulls the columns whose value is not plausible; returns their names (empty when all are fine). */
+function rejectImplausible(row: Row, columns: readonly RequestColumn[]): string[] {
+  const rejected: string[] = [];
+  for (const c of columns) {
+    const v = row[c];
+    if (v === null || plausible(v)) continue;
+    row[c] = null;
+    rejected.push(c);
+  }
+  return rejected;
+}
+
+/**
+ * RequestRecord → bound parameters: booleans as 0/1, everything else as is (null stays null).
+ * An implausible count or cost becomes NULL — unknown, never a number — and the row's `note` says
+ * which (`token_count_rejected:<columns>`, `cost_rejected:<columns>`); `onRejected` is called once
+ * per such row so the caller can count it.
+ */
+export function recordToRow(record: RequestRecord, onRejected?: (columns: string[]) => void): Row {
+  const row: Row = {};
+  for (const name of REQUEST_COLUMN_NAMES) {
+    const value = record[name];
+    if (REQUEST_COLUMNS[name].kind === 'bool')
+      row[name] = value === null || value === undefined ? null : value ? 1 : 0;
+    else row[name] = (value ?? null) as string | number | null;
+  }
+  const tokens = rejectImplausible(row, COUNT_COLUMNS);
+  const money = rejectImplausible(row, MONEY_COLUMNS);
+  if (tokens.length > 0 || money.length > 0) {
+    const notes = typeof row['note'] === 'string' && row['note'] !== '' ? [row['note']] : [];
+    if (tokens.length > 0) notes.push(`token_count_rejected:${tokens.join(',')}`);
+    if (money.length > 0) notes.push(`cost_rejected:${money.join(',')}`);
+    row['note'] = notes.join('; ');
+    onRejected?.([...tokens, ...money]);
+  }
+  return row;
+}
+
+/** A stored row → RequestRecord (the inverse of `recordToRow`). */
+export function rowToRecord(row: Record<string, unknown>): RequestRecord {
+  const out: Record<string, unknown> = {};
+  for (const name of REQUEST_COLUMN_NAMES) {
+    const value = row[name] ?? null;
+    out[name] = REQUEST_COLUMNS[name].kind === 'bool' && value !== null ? value === 1 || value === 1n : value;
+  }
+  return out as unknown as RequestRecord;
+}

@@ -1,0 +1,310 @@
+/**
+ * Issue 11: the writer thread. The INSERTs run off the main thread; a batch leaves the queue only
+ * when its commit is confirmed; a thread that dies is restarted once, then the main thread writes;
+ * nothing queued is lost on the way. Real SQLite files in a temp dir, real worker threads.
+ */
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import Database from 'better-sqlite3';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { createLogger, SILENT_LOGGER } from '../../src/log.js';
+import { AuditWriter } from '../../src/sinks/audit/audit-writer.js';
+import { openWriterConnection } from '../../src/sinks/audit/connection.js';
+import {
+  auditTestHooks,
+  recordToRow,
+  openAuditLog,
+  type AuditLogOptions,
+  type AuditSink,
+} from '../../src/sinks/audit/index.js';
+import { fullRecord, recordingHealth, tempDir, type TempDir } from './records.js';
+
+let tmp: TempDir;
+const open: AuditSink[] = [];
+
+beforeEach(() => {
+  tmp = tempDir();
+});
+afterEach(async () => {
+  for (const a of open.splice(0)) await a.close();
+  tmp.cleanup();
+});
+
+function openLog(overrides: Partial<AuditLogOptions> = {}): AuditSink {
+  const sink = openAuditLog({
+    path: tmp.file('audit.db'),
+    queueSize: 1000,
+    batchSize: 100,
+    flushIntervalMs: 60_000,
+    retentionDays: 0,
+    captureBodies: false,
+    captureMaxBytes: 1024,
+    redactPatterns: [],
+    health: recordingHealth(),
+    log: SILENT_LOGGER,
+    ...overrides,
+  });
+  open.push(sink);
+  return sink;
+}
+
+const storedIds = (path = tmp.file('audit.db')): string[] => {
+  const db = new Database(path, { readonly: true });
+  try {
+    return (db.prepare('SELECT id FROM requests ORDER BY id').all() as { id: string }[]).map((r) => r.id);
+  } finally {
+    db.close();
+  }
+};
+
+function logLines(): { lines: Array<Record<string, unknown>>; log: ReturnType<typeof createLogger> } {
+  const lines: Array<Record<string, unknown>> = [];
+  return { lines, log: createLogger('debug', (l) => lines.push(JSON.parse(l) as Record<string, unknown>)) };
+}
+
+const ids = (records: { id: string }[]): string[] => records.map((r) => r.id).sort();
+
+describe('where the audit log writes', () => {
+  it('a file is written by the thread; :memory: (one connection) on the main thread', async () => {
+    expect(auditTestHooks.writerWhere(openLog())).toBe('thread');
+    expect(auditTestHooks.writerWhere(openLog({ path: tmp.file('main.db'), writer: 'main' }))).toBe('main');
+    const memory = openLog({ path: ':memory:' });
+    expect(auditTestHooks.writerWhere(memory)).toBe('main');
+    const r = fullRecord();
+    memory.write(r);
+    await memory.flush();
+    expect(memory.db.prepare('SELECT id FROM requests').all()).toEqual([{ id: r.id }]);
+  });
+
+  it('the INSERT does not run on the main thread: a locked DB costs the event loop nothing', async () => {
+    const threaded = openLog();
+    const inline = openLog({ path: tmp.file('inline.db'), writer: 'main' });
+    await threaded.flush(); // the thread is up
+    const lockers = [tmp.file('audit.db'), tmp.file('inline.db')].map((p) => {
+      const db = new Database(p);
+      db.exec('BEGIN EXCLUSIVE');
+      return db;
+    });
+    try {
+      const blockedMs = async (audit: AuditSink): Promise<number> => {
+        audit.write(fullRecord());
+        const t0 = performance.now();
+        const done = audit.flush();
+        const ms = performance.now() - t0;
+        await done;
+        return ms;
+      };
+      // Each attempt waits out the writer's 50 ms busy timeout: on the thread, not here.
+      expect(await blockedMs(threaded)).toBeLessThan(25);
+      expect(await blockedMs(inline)).toBeGreaterThanOrEqual(40);
+      expect(threaded.healthy()).toBe(true);
+    } finally {
+      for (const l of lockers) {
+        l.exec('ROLLBACK');
+        l.close();
+      }
+    }
+  });
+
+  it('the main thread reads through a read-only connection that sees every confirmed commit', async () => {
+    const audit = openLog();
+    const records = Array.from({ length: 250 }, () => fullRecord());
+    for (const r of records) audit.write(r);
+    await audit.flush();
+    expect(audit.db.prepare('SELECT COUNT(*) AS n FROM requests').get()).toEqual({ n: 250 });
+    expect(() => audit.db.prepare('DELETE FROM requests').run()).toThrow(/readonly|query_only/i);
+  });
+});
+
+describe('one batch in flight; it leaves the queue only when committed', () => {
+  it('rows evicted from a full queue while their batch is in flight are not dropped when it commits', async () => {
+    const health = recordingHealth();
+    const audit = openLog({ queueSize: 5, batchSize: 5, health });
+    await audit.flush();
+    const first = Array.from({ length: 5 }, () => fullRecord());
+    for (const r of first) audit.write(r);
+    const flushed = audit.flush(); // the batch of 5 is now in flight on the thread
+    const more = Array.from({ length: 3 }, () => fullRecord());
+    for (const r of more) audit.write(r); // evicts 3 rows of that batch from the queue
+    await flushed;
+    await audit.flush();
+    expect(storedIds()).toEqual(ids([...first, ...more]));
+    expect(health.dropped).toBe(0);
+  });
+
+  it('rows evicted while their batch is in flight are dropped (exactly those) when it fails', async () => {
+    const health = recordingHealth();
+    const audit = openLog({ queueSize: 5, batchSize: 5, health, minBackoffMs: 1, maxBackoffMs: 5 });
+    await audit.flush();
+    const locker = new Database(tmp.file('audit.db'));
+    locker.exec('BEGIN EXCLUSIVE');
+    const first = Array.from({ length: 5 }, () => fullRecord());
+    for (const r of first) audit.write(r);
+    const flushed = audit.flush();
+    const more = Array.from({ length: 3 }, () => fullRecord());
+    for (const r of more) audit.write(r);
+    await flushed; // failed against the lock
+    expect(health.dropped).toBe(3);
+    locker.exec('ROLLBACK');
+    locker.close();
+    await audit.flush();
+    expect(storedIds()).toEqual(ids([...first.slice(3), ...more]));
+    expect(health.dropped).toBe(3);
+  });
+});
+
+describe('a writer thread that dies', () => {
+  it('a re-sent batch (its thread died after the commit, before the answer) is not counted as bad rows', () => {
+    const writer = new AuditWriter(
+      { path: tmp.file('audit.db'), busyTimeoutMs: 50, captureMaxBytes: 0, redactPatterns: [] },
+      openWriterConnection(tmp.file('audit.db'), 50),
+    );
+    const rows = Array.from({ length: 3 }, () => recordToRow(fullRecord()));
+    const job = { rows, bodies: [], resent: false };
+    expect(writer.run(job).records).toEqual({ status: 'written', bad: [], alreadyStored: 0 });
+    const fresh = recordToRow(fullRecord());
+    expect(writer.run({ ...job, rows: [...rows, fresh], resent: true }).records).toEqual({
+      status: 'written',
+      bad: [],
+      alreadyStored: 3,
+    });
+    // Not re-sent: the same duplicates are bad rows (dropped and counted by the main thread).
+    const again = writer.run(job).records;
+    expect(again.status === 'written' && again.bad.map((b) => b.id)).toEqual(rows.map((r) => r['id']));
+    expect(storedIds()).toEqual([...rows.map((r) => String(r['id'])), String(fresh['id'])].sort());
+    writer.close();
+  });
+
+  it('is restarted once: the batch in flight and everything queued land exactly once', async () => {
+    const health = recordingHealth();
+    const { lines, log } = logLines();
+    const audit = openLog({ health, log, batchSize: 50 });
+    await audit.flush();
+    const firstThread = auditTestHooks.writerThread(audit)!;
+    const records = Array.from({ length: 400 }, () => fullRecord());
+    for (const r of records.slice(0, 200)) audit.write(r);
+    const flushed = audit.flush();
+    firstThread.crashForTests(); // lands after the first batch's job, before the rest
+    for (const r of records.slice(200)) audit.write(r);
+    await flushed;
+    await audit.flush();
+    expect(storedIds()).toEqual(ids(records));
+    expect(health.dropped).toBe(0);
+    expect(auditTestHooks.writerWhere(audit)).toBe('thread');
+    expect(auditTestHooks.writerThread(audit)).not.toBe(firstThread);
+    const restarted = lines.filter((l) => l['msg'] === 'audit writer thread stopped; started a new one');
+    expect(restarted).toHaveLength(1);
+    expect(restarted[0]!['level']).toBe('error');
+    expect(health.internal).toContain('audit');
+  });
+
+  it('dying again makes the main thread write (logged once); the queue survives, the marker is cleared', async () => {
+    const health = recordingHealth();
+    const { lines, log } = logLines();
+    const audit = openLog({ health, log });
+    await audit.flush();
+    for (let crash = 0; crash < 2; crash++) {
+      const thread = auditTestHooks.writerThread(audit)!;
+      const exited = new Promise((r) => thread.worker.once('exit', r));
+      thread.crashForTests();
+      await exited;
+      await vi.waitFor(() => expect(auditTestHooks.writerThread(audit)).not.toBe(thread));
+    }
+    expect(auditTestHooks.writerWhere(audit)).toBe('main');
+    const records = Array.from({ length: 30 }, () => fullRecord());
+    for (const r of records) audit.write(r);
+    await audit.flush();
+    expect(storedIds()).toEqual(ids(records));
+    expect(
+      lines.filter(
+        (l) => l['msg'] === 'audit writer thread could not be started; writing on the main thread',
+      ),
+    ).toHaveLength(1);
+    await audit.close();
+    const db = new Database(tmp.file('audit.db'), { readonly: true });
+    expect(db.prepare(`SELECT value FROM meta WHERE key = 'serve_running'`).get()).toBeUndefined();
+    db.close();
+    expect(health.dropped).toBe(0);
+  });
+
+  it('a thread that cannot start at all: the main thread writes from the first record', async () => {
+    const broken = tmp.file('broken.mjs');
+    writeFileSync(broken, "throw new Error('no writer here');\n");
+    const { lines, log } = logLines();
+    const audit = openLog({ log, writerThreadScript: new URL(`file://${broken}`) });
+    const records = Array.from({ length: 10 }, () => fullRecord());
+    for (const r of records) audit.write(r);
+    await audit.flush();
+    expect(storedIds()).toEqual(ids(records));
+    expect(auditTestHooks.writerWhere(audit)).toBe('main');
+    const fallback = lines.filter(
+      (l) => l['msg'] === 'audit writer thread could not be started; writing on the main thread',
+    );
+    expect(fallback).toHaveLength(1);
+    expect(String(fallback[0]!['error'])).toContain('no writer here');
+  });
+});
+
+describe('close() with the writer thread', () => {
+  it('drains everything queued, clears the marker, and drops (counted) what comes after', async () => {
+    const health = recordingHealth();
+    const audit = openLog({ health, batchSize: 10 });
+    const records = Array.from({ length: 95 }, () => fullRecord());
+    for (const r of records) audit.write(r);
+    await audit.close();
+    expect(storedIds()).toEqual(ids(records));
+    expect(health.dropped).toBe(0);
+    expect(health.depth.at(-1)).toBe(0);
+    audit.write(fullRecord());
+    expect(health.dropped).toBe(1);
+    const db = new Database(tmp.file('audit.db'), { readonly: true });
+    expect(db.prepare(`SELECT value FROM meta WHERE key = 'serve_running'`).get()).toBeUndefined();
+    db.close();
+  });
+});
+
+describe('the compiled package (dist/) starts the .js writer thread', () => {
+  it('builds the audit sink with tsc into a scratch dir and writes through its thread', () => {
+    const out = tmp.file('dist');
+    mkdirSync(out);
+    // Inside node_modules so the compiled files resolve better-sqlite3 like the package does.
+    const root = new URL('../../', import.meta.url).pathname;
+    const scratch = `${root}node_modules/.cache/tokenmeter-audit-dist-${process.pid}`;
+    execFileSync(
+      process.execPath,
+      [
+        `${root}node_modules/typescript/bin/tsc`,
+        ...['--outDir', scratch, '--rootDir', `${root}src`, '--module', 'NodeNext'],
+        ...['--moduleResolution', 'NodeNext', '--target', 'ES2022', '--skipLibCheck', '--types', 'node'],
+        `${root}src/sinks/audit/index.ts`,
+        `${root}src/sinks/audit/writer-thread.ts`,
+      ],
+      { stdio: 'pipe', timeout: 60_000 },
+    );
+    writeFileSync(`${scratch}/package.json`, '{"type":"module"}\n');
+    const script = `
+      import { openAuditLog, auditTestHooks } from '${scratch}/sinks/audit/index.js';
+      const audit = openAuditLog({ path: process.argv[1], queueSize: 100, batchSize: 10, flushIntervalMs: 60000,
+        retentionDays: 0, captureBodies: false, captureMaxBytes: 0, redactPatterns: [],
+        health: { internalError() {}, auditQueueDepth() {}, auditDropped() {} },
+        log: { debug() {}, info() {}, warn() {}, error() {}, once() {} } });
+      for (let i = 0; i < 25; i++) audit.write({ ...JSON.parse(process.argv[2]), id: 'dist-' + String(i).padStart(3, '0') });
+      await audit.flush();
+      const where = auditTestHooks.writerWhere(audit);
+      const n = audit.db.prepare('SELECT COUNT(*) AS n FROM requests').get().n;
+      await audit.close();
+      process.stdout.write(JSON.stringify({ where, n }));
+    `;
+    try {
+      const stdout = execFileSync(
+        process.execPath,
+        ['--input-type=module', '-e', script, tmp.file('dist.db'), JSON.stringify(fullRecord())],
+        { encoding: 'utf8', timeout: 30_000 },
+      );
+      expect(JSON.parse(stdout)).toEqual({ where: 'thread', n: 25 });
+      expect(storedIds(tmp.file('dist.db'))).toHaveLength(25);
+    } finally {
+      execFileSync('rm', ['-rf', scratch]);
+    }
+  });
+});
