@@ -1,441 +1,205 @@
 /**
- * `npm run bench` (DESIGN.md §11). One process, one run, same fast upstream on 127.0.0.1, four
- * paths compared against each other:
- *   direct        client → upstream (the baseline for added latency)
- *   bare-proxy    client → http-proxy-middleware → upstream (the baseline for throughput)
- *   tm-noop       client → tokenmeter with a no-op Meter (the raw proxy cost)
- *   tm-full       client → tokenmeter with the real runtime (decoders, pricing, metrics, SQLite)
- * Measures added latency p50/p99 at concurrency 1/16/64, throughput ratio vs the bare proxy, added
- * time to first chunk, inter-chunk delivery (no coalescing), and RSS over 10,000 streamed requests
- * and during a slow reader of a long stream. Every phase is bounded in count and in time.
- * Client, proxies and upstream share one event loop, so absolute numbers are pessimistic; the
- * ratios against the baselines of the same run are what to compare between runs.
- * Writes bench/results/latest.json and prints a table.
+ * `npm run bench` (DESIGN.md §11, issue 11; docs/benchmarks.md). Every server runs in its own
+ * process, as a user has them, and this process only generates load:
+ *   direct     client → fake upstream (bench/upstream.ts)                 baseline for latency
+ *   bare       client → bare node:http pass-through (bench/bare-proxy.ts)  baseline for throughput
+ *   tm-serve   client → `tokenmeter serve` with its defaults (SQLite audit, metrics, presets)
+ *   tm-traces  the same, with traces exported over OTLP/HTTP JSON to bench/otlp-receiver.ts
+ *   tm-noop    tokenmeter's proxy with a no-op meter (bench/tm-noop.ts): proxy cost vs metering cost
+ * Verdicts are on the two `tokenmeter serve` rows; every row also carries its ratio to the baseline
+ * measured in the same run, which is what to compare between runs on a shared machine.
+ *
+ * Environment: TOKENMETER_BENCH_CLI (default: this repository's bin/tokenmeter.js),
+ * TOKENMETER_BENCH_SCALE (default 1; e.g. 0.1 for a quick smoke run), TOKENMETER_BENCH_COMPONENTS=0
+ * to skip the component benches. Writes bench/results/latest.json and prints its path.
  */
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import http from 'node:http';
-import type { AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { createProxyMiddleware } from 'http-proxy-middleware';
-import type { Settings } from '../src/config/types.js';
-import { SILENT_LOGGER } from '../src/log.js';
-import type { Meter } from '../src/meter/types.js';
-import { createProxyServer, type ProxyServer } from '../src/proxy/server.js';
-import { testSettings, upstreamSettings } from '../test/proxy/helpers.js';
-import { NOOP_METER } from '../test/proxy/recording-meter.js';
-import { startBenchUpstream } from './upstream.js';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { auditRows, componentBenches, selfReportedOverhead, spansReceived } from './checks.js';
+import { keepAliveChurn } from './churn.js';
+import * as phase from './phases.js';
+import type { PhaseContext, Target } from './phases.js';
+import { rssMb, spawnChild, type Child } from './processes.js';
+import { Table } from './report.js';
 
-const CONCURRENCY = [1, 16, 64] as const;
-const LATENCY_REQUESTS = { 1: 2000, 16: 6000, 64: 8000 } as const;
-const PHASE_TIME_LIMIT_MS = 6000;
-const STREAM_REQUESTS_FOR_RSS = 10_000;
-const SLOW_READER_MB = 64;
+const here = (rel: string) => fileURLToPath(new URL(rel, import.meta.url));
+const CLI = resolve(process.env.TOKENMETER_BENCH_CLI ?? here('../bin/tokenmeter.js'));
+const ROOT = dirname(dirname(CLI));
+const SCALE = Number(process.env.TOKENMETER_BENCH_SCALE ?? '1');
+const COMPONENTS = process.env.TOKENMETER_BENCH_COMPONENTS !== '0';
 
-const CHAT_BODY = JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'say ok' }] });
-const STREAM_BODY = JSON.stringify({
-  model: 'gpt-4o-mini',
-  stream: true,
-  messages: [{ role: 'user', content: 'count' }],
-});
-
-interface Target {
-  name: string;
-  base: string;
+/** The user's environment without TOKENMETER_* and OTEL_* settings: serve runs on its defaults. */
+function cleanEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {};
+  for (const [k, v] of Object.entries(process.env)) if (!/^(TOKENMETER_|OTEL_)/.test(k)) env[k] = v;
+  return { ...env, ...extra };
 }
 
-interface Timing {
-  totalMs: number;
-  ttfcMs: number;
-  /** Arrival time of each data event, ms since request start. */
-  arrivals: number[];
-  bytes: number;
+const script = (name: string, ...args: string[]) => ['--import', 'tsx', here(`./${name}`), ...args];
+
+interface Processes {
+  upstream: Child;
+  receiver: Child;
+  children: Child[];
+  targets: Target[];
+  skipped: Record<string, string>;
 }
 
-function timedRequest(
-  agent: http.Agent,
-  base: string,
-  body: string,
-  headers: Record<string, string> = {},
-  onData?: (res: http.IncomingMessage, chunk: Buffer) => void,
-): Promise<Timing> {
-  return new Promise((resolve, reject) => {
-    const start = performance.now();
-    let ttfc = -1;
-    const arrivals: number[] = [];
-    let bytes = 0;
-    const req = http.request(
-      `${base}/v1/chat/completions`,
-      {
-        method: 'POST',
-        agent,
-        headers: {
-          'content-type': 'application/json',
-          authorization: 'Bearer sk-bench',
-          'content-length': Buffer.byteLength(body),
-          ...headers,
-        },
-      },
-      (res) => {
-        res.on('data', (c: Buffer) => {
-          const t = performance.now() - start;
-          if (ttfc < 0) ttfc = t;
-          arrivals.push(t);
-          bytes += c.length;
-          onData?.(res, c);
-        });
-        res.on('end', () => resolve({ totalMs: performance.now() - start, ttfcMs: ttfc, arrivals, bytes }));
-        res.on('error', reject);
-      },
-    );
-    req.on('error', reject);
-    req.end(body);
-  });
-}
-
-function percentile(sorted: number[], p: number): number {
-  if (sorted.length === 0) return NaN;
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
-}
-
-const round = (n: number, d = 3) => Math.round(n * 10 ** d) / 10 ** d;
-
-async function runLoad(
-  target: Target,
-  concurrency: number,
-  count: number,
-  body: string,
-  headers: Record<string, string> = {},
-): Promise<{ timings: Timing[]; elapsedMs: number }> {
-  const agent = new http.Agent({ keepAlive: true, maxSockets: concurrency });
-  const timings: Timing[] = [];
-  let issued = 0;
-  const start = performance.now();
-  const worker = async () => {
-    while (issued < count && performance.now() - start < PHASE_TIME_LIMIT_MS) {
-      issued++;
-      timings.push(await timedRequest(agent, target.base, body, headers));
-    }
-  };
-  await Promise.all(Array.from({ length: concurrency }, worker));
-  const elapsedMs = performance.now() - start;
-  agent.destroy();
-  return { timings, elapsedMs };
-}
-
-function gcAndRssMb(): number {
-  (globalThis as { gc?: () => void }).gc?.();
-  return process.memoryUsage().rss / (1024 * 1024);
-}
-
-async function listenBareProxy(upstreamUrl: string): Promise<{ base: string; close(): Promise<void> }> {
-  const agent = new http.Agent({ keepAlive: true, maxFreeSockets: 256 });
-  const mw = createProxyMiddleware({ target: upstreamUrl, changeOrigin: true, agent });
-  const server = http.createServer((req, res) => {
-    void mw(req, res, () => {
-      res.statusCode = 404;
-      res.end();
+/** Starts every server; each one started is pushed to `children` at once, so a failure leaks none. */
+async function startProcesses(dir: string, children: Child[]): Promise<Processes> {
+  const keep = (c: Child) => (children.push(c), c);
+  const upstream = keep(
+    await spawnChild({ name: 'upstream', args: script('upstream.ts'), portFrom: 'stdout' }),
+  );
+  const receiver = keep(
+    await spawnChild({ name: 'otlp-receiver', args: script('otlp-receiver.ts'), portFrom: 'stdout' }),
+  );
+  const serve = (name: string, env: Record<string, string>) =>
+    spawnChild({
+      name,
+      args: [CLI, 'serve', '--upstream', upstream.base, '--port', '0', '--db', join(dir, `${name}.db`)],
+      env: cleanEnv(env),
+      cwd: dir, // no stray ./tokenmeter.yaml
+      portFrom: 'stderr-listening',
     });
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  return {
-    base: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
-    close: () =>
-      new Promise((r) => {
-        agent.destroy();
-        server.closeAllConnections();
-        server.close(() => r());
-      }),
-  };
+  const targets: Target[] = [{ name: 'direct', base: upstream.base, sent: 0 }];
+  const skipped: Record<string, string> = {};
+  const optional: Array<[string, () => Promise<Child>]> = [
+    [
+      'bare',
+      () =>
+        spawnChild({
+          name: 'bare',
+          args: script('bare-proxy.ts', '--upstream', upstream.base),
+          portFrom: 'stdout',
+        }),
+    ],
+    ['tm-serve', () => serve('tm-serve', {})],
+    [
+      'tm-traces',
+      () =>
+        serve('tm-traces', {
+          OTEL_EXPORTER_OTLP_ENDPOINT: receiver.base,
+          OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json',
+        }),
+    ],
+    [
+      'tm-noop',
+      () =>
+        spawnChild({
+          name: 'tm-noop',
+          args: script('tm-noop.ts', '--upstream', upstream.base),
+          env: cleanEnv({ TOKENMETER_BENCH_ROOT: ROOT }),
+          portFrom: 'stdout',
+        }),
+    ],
+  ];
+  for (const [name, start] of optional) {
+    try {
+      const c = keep(await start());
+      targets.push({ name, base: c.base, pid: c.pid, sent: 0 });
+    } catch (err) {
+      skipped[name] = (err as Error).message;
+    }
+  }
+  return { upstream, receiver, children, targets, skipped };
 }
 
-function benchSettings(upstreamUrl: string, db: string | null): Settings {
-  return testSettings([upstreamSettings('default', `${upstreamUrl}/v1`)], { db, presets: true });
+async function measure(ctx: PhaseContext, procs: Processes, dir: string): Promise<Record<string, unknown>> {
+  const raw: Record<string, unknown> = {};
+  const log = (s: string) =>
+    process.stderr.write(`bench: ${s} (${Math.round(performance.now() / 1000)} s)\n`);
+  log('warm-up');
+  await phase.warmUp(ctx);
+  log('latency c=1');
+  raw.latency_c1_ms = await phase.latencyC1(ctx);
+  log('throughput c=32');
+  raw.throughput_c32 = await phase.throughputC32(ctx);
+  log('stream time to first byte');
+  raw.stream_ttfb_ms = await phase.streamTtfb(ctx);
+  log('chunk delivery');
+  raw.chunk_delivery = await phase.chunkDelivery(ctx);
+  log('RSS over streams');
+  raw.rss_streams = await phase.rssOverStreams(ctx, ['tm-serve', 'tm-traces']);
+  log('slow reader');
+  raw.rss_slow_reader = await phase.slowReader(ctx, ['tm-serve', 'tm-traces', 'bare']);
+  log('keep-alive churn');
+  raw.keepalive_churn = await keepAliveChurn(ctx, procs.upstream.base);
+  raw.self_reported_overhead = {};
+  for (const t of ctx.targets.filter((x) => x.name === 'tm-serve' || x.name === 'tm-traces'))
+    (raw.self_reported_overhead as Record<string, unknown>)[t.name] = await selfReportedOverhead(
+      ctx.table,
+      t,
+    );
+  log('stopping tokenmeter (SIGTERM drains and flushes)');
+  raw.after_stop = await afterStop(ctx, procs, dir);
+  return raw;
+}
+
+async function afterStop(ctx: PhaseContext, procs: Processes, dir: string): Promise<Record<string, unknown>> {
+  const out: Record<string, unknown> = {};
+  for (const t of ctx.targets.filter((x) => x.name.startsWith('tm-'))) {
+    const child = procs.children.find((c) => c.name === t.name)!;
+    out[`${t.name}_exit`] = await child.stop(15_000);
+    if (t.name !== 'tm-noop') out[`${t.name}_audit`] = auditRows(ctx.table, t, join(dir, `${t.name}.db`));
+    if (t.name === 'tm-traces') out.spans = await spansReceived(ctx.table, t, procs.receiver.base);
+  }
+  return out;
+}
+
+function environment(): Record<string, unknown> {
+  return {
+    node: process.version,
+    cpus: os.cpus().length,
+    loadavg_at_start: os.loadavg().map((x) => Math.round(x * 100) / 100),
+    cli: CLI,
+    scale: SCALE,
+  };
 }
 
 async function main(): Promise<void> {
-  const results: Record<string, unknown> = {
-    started: new Date().toISOString(),
-    node: process.version,
-    gc: typeof (globalThis as { gc?: unknown }).gc === 'function',
-  };
-  const rows: Array<[string, string, string]> = [];
-  const row = (name: string, value: number | string, vsBaseline: number | string = '') =>
-    rows.push([
-      name,
-      typeof value === 'number' ? String(round(value)) : value,
-      typeof vsBaseline === 'number' ? String(round(vsBaseline)) : vsBaseline,
-    ]);
-
-  const upstream = await startBenchUpstream();
-  const bare = await listenBareProxy(upstream.url);
-  const tmNoop: ProxyServer = createProxyServer({
-    settings: benchSettings(upstream.url, null),
-    meter: NOOP_METER,
-    log: SILENT_LOGGER,
-  });
-  const noopAddr = await tmNoop.listen();
-
-  const dir = mkdtempSync(join(tmpdir(), 'tm-bench-'));
-  let tmFull: ProxyServer | undefined;
-  let fullClose: (() => Promise<void>) | undefined;
-  let fullMeter: Meter | undefined;
-  const targets: Target[] = [
-    { name: 'direct', base: upstream.url },
-    { name: 'bare-proxy', base: bare.base },
-    { name: 'tm-noop', base: `http://127.0.0.1:${noopAddr.port}` },
-  ];
-  if (existsSync(new URL('../src/runtime.ts', import.meta.url))) {
-    const { buildRuntime } = await import('../src/runtime.js');
-    const settings = benchSettings(upstream.url, join(dir, 'bench.db'));
-    const runtime = await buildRuntime(settings, SILENT_LOGGER, {
-      ...process.env,
-      OTEL_SDK_DISABLED: 'true',
-    });
-    fullMeter = runtime.meter;
-    tmFull = createProxyServer({
-      settings,
-      meter: runtime.meter,
-      log: SILENT_LOGGER,
-      admin: { metrics: runtime.metrics, ready: runtime.ready },
-    });
-    const addr = await tmFull.listen();
-    targets.push({ name: 'tm-full', base: `http://127.0.0.1:${addr.port}` });
-    fullClose = async () => {
-      await tmFull!.close(1000);
-      await runtime.close();
-    };
-  } else results.note = 'src/runtime.ts missing: tm-full skipped';
-
-  // Warm up every path (JIT, keep-alive pools).
-  for (const t of targets) await runLoad(t, 4, 300, CHAT_BODY);
-
-  // 1. Non-streamed latency and throughput.
-  const latency: Record<string, unknown> = {};
-  for (const c of CONCURRENCY) {
-    const per: Record<string, { p50: number; p99: number; rps: number; n: number }> = {};
-    // Two rounds in opposite orders, merged, so no target always runs first (JIT, GC, heat).
-    const merged = new Map<string, { totals: number[]; elapsedMs: number }>();
-    for (const order of [targets, [...targets].reverse()]) {
-      for (const t of order) {
-        const { timings, elapsedMs } = await runLoad(t, c, LATENCY_REQUESTS[c] / 2, CHAT_BODY);
-        const m = merged.get(t.name) ?? { totals: [], elapsedMs: 0 };
-        m.totals.push(...timings.map((x) => x.totalMs));
-        m.elapsedMs += elapsedMs;
-        merged.set(t.name, m);
-      }
-    }
-    for (const [name, m] of merged) {
-      const sorted = m.totals.sort((a, b) => a - b);
-      per[name] = {
-        p50: percentile(sorted, 50),
-        p99: percentile(sorted, 99),
-        rps: (sorted.length / m.elapsedMs) * 1000,
-        n: sorted.length,
-      };
-    }
-    const d = per.direct!;
-    const b = per['bare-proxy']!;
-    for (const name of ['bare-proxy', 'tm-noop', 'tm-full']) {
-      const p = per[name];
-      if (!p) continue;
-      row(`c=${c} ${name} added p50 ms`, p.p50 - d.p50, p.p50 / d.p50);
-      row(`c=${c} ${name} added p99 ms`, p.p99 - d.p99, p.p99 / d.p99);
-      row(`c=${c} ${name} throughput rps`, p.rps, name === 'bare-proxy' ? p.rps / d.rps : p.rps / b.rps);
-    }
-    latency[`c${c}`] = {
-      ...per,
-      added_ms: Object.fromEntries(
-        Object.entries(per)
-          .filter(([k]) => k !== 'direct')
-          .map(([k, v]) => [
-            k,
-            {
-              p50: round(v.p50 - d.p50),
-              p99: round(v.p99 - d.p99),
-              throughput_vs_bare: round(v.rps / b.rps),
-            },
-          ]),
-      ),
-    };
-  }
-  results.latency = latency;
-  rows.push(['(throughput ratio column: tm-* vs bare-proxy; bare-proxy vs direct)', '', '']);
-
-  // 2. Time to first chunk for streams (8 chunks, no gaps), concurrency 1.
-  const ttfc: Record<string, { p50: number; p99: number }> = {};
-  for (const t of targets) {
-    const { timings } = await runLoad(t, 1, 1500, STREAM_BODY);
-    const sorted = timings.map((x) => x.ttfcMs).sort((a, b) => a - b);
-    ttfc[t.name] = { p50: percentile(sorted, 50), p99: percentile(sorted, 99) };
-  }
-  for (const name of ['bare-proxy', 'tm-noop', 'tm-full']) {
-    const v = ttfc[name];
-    if (!v) continue;
-    row(`stream ${name} added TTFC p50 ms`, v.p50 - ttfc.direct!.p50, v.p50 / ttfc.direct!.p50);
-    row(`stream ${name} added TTFC p99 ms`, v.p99 - ttfc.direct!.p99, v.p99 / ttfc.direct!.p99);
-  }
-  results.ttfc_ms = ttfc;
-
-  // 3. Inter-chunk delivery: 20 chunks 10 ms apart; every chunk must arrive on its own, on time.
-  const gaps: Record<string, { data_events_per_request: number; mean_gap_ms: number; p99_gap_ms: number }> =
-    {};
-  for (const t of targets) {
-    const { timings } = await runLoad(t, 4, 24, STREAM_BODY, {
-      'x-bench-chunks': '20',
-      'x-bench-gap-ms': '10',
-    });
-    const all: number[] = [];
-    let events = 0;
-    for (const tm of timings) {
-      events += tm.arrivals.length;
-      for (let i = 1; i < tm.arrivals.length; i++) all.push(tm.arrivals[i]! - tm.arrivals[i - 1]!);
-    }
-    all.sort((a, b) => a - b);
-    gaps[t.name] = {
-      data_events_per_request: events / timings.length,
-      mean_gap_ms: all.reduce((s, x) => s + x, 0) / Math.max(1, all.length),
-      p99_gap_ms: percentile(all, 99),
-    };
-  }
-  for (const name of ['bare-proxy', 'tm-noop', 'tm-full']) {
-    const v = gaps[name];
-    if (!v) continue;
-    row(
-      `stream ${name} data events/request`,
-      v.data_events_per_request,
-      v.data_events_per_request / gaps.direct!.data_events_per_request,
+  const results: Record<string, unknown> = { started: new Date().toISOString(), ...environment() };
+  const dir = mkdtempSync(join(os.tmpdir(), 'tm-bench-'));
+  const table = new Table();
+  const children: Child[] = [];
+  let procs: Processes | undefined;
+  try {
+    procs = await startProcesses(dir, children);
+    for (const required of ['bare', 'tm-serve'])
+      if (!procs.targets.some((t) => t.name === required))
+        throw new Error(`${required} did not start: ${procs.skipped[required]}`);
+    results.skipped_rows = procs.skipped;
+    results.processes = Object.fromEntries(
+      procs.children.map((c) => [c.name, { pid: c.pid, rss_mb_at_start: rssMb(c.pid) }]),
     );
-    row(`stream ${name} p99 inter-chunk gap ms`, v.p99_gap_ms, v.p99_gap_ms / gaps.direct!.p99_gap_ms);
+    const ctx: PhaseContext = { targets: procs.targets, table, scale: SCALE, settleMs: 150 };
+    Object.assign(results, await measure(ctx, procs, dir));
+    results.requests_sent = Object.fromEntries(procs.targets.map((t) => [t.name, t.sent]));
+  } finally {
+    for (const c of children) await c.stop(5000);
+    rmSync(dir, { recursive: true, force: true });
   }
-  results.inter_chunk = gaps;
-
-  // 4. RSS across 10,000 streamed requests through tokenmeter (full runtime if present).
-  const rssTarget = targets.find((t) => t.name === 'tm-full') ?? targets.find((t) => t.name === 'tm-noop')!;
-  const rssStart = gcAndRssMb();
-  const half = STREAM_REQUESTS_FOR_RSS / 2;
-  const r1 = await runLoad(rssTarget, 16, half, STREAM_BODY);
-  if (fullMeter)
-    for (let i = 0; i < 200 && fullMeter.inflight() > 0; i++) await new Promise((r) => setTimeout(r, 10));
-  const rssMid = gcAndRssMb();
-  const r2 = await runLoad(rssTarget, 16, half, STREAM_BODY);
-  if (fullMeter)
-    for (let i = 0; i < 200 && fullMeter.inflight() > 0; i++) await new Promise((r) => setTimeout(r, 10));
-  await new Promise((r) => setTimeout(r, 300)); // let the audit queue flush
-  const rssEnd = gcAndRssMb();
-  const streamed = r1.timings.length + r2.timings.length;
-  results.rss_streams = {
-    target: rssTarget.name,
-    requests: streamed,
-    start_mb: rssStart,
-    middle_mb: rssMid,
-    end_mb: rssEnd,
-    end_vs_start: rssEnd / rssStart,
-  };
-  row(`RSS ${rssTarget.name} start MB (${streamed} streams)`, rssStart, 1);
-  row(`RSS ${rssTarget.name} middle MB`, rssMid, rssMid / rssStart);
-  row(`RSS ${rssTarget.name} end MB`, rssEnd, rssEnd / rssStart);
-
-  // 5. Slow reader of a long stream: the proxy must hold only socket buffers, not the stream.
-  //    Run through the raw proxy (no-op meter) and through the full runtime, to tell them apart.
-  const slow: Record<string, unknown> = {};
-  for (const t of targets.filter((x) => x.name.startsWith('tm-'))) {
-    const slowStart = gcAndRssMb();
-    let slowMax = slowStart;
-    const sampler = setInterval(() => {
-      slowMax = Math.max(slowMax, process.memoryUsage().rss / (1024 * 1024));
-    }, 100);
-    const slowAgent = new http.Agent({ keepAlive: false });
-    let received = 0;
-    const slowT0 = performance.now();
-    await timedRequest(
-      slowAgent,
-      t.base,
-      STREAM_BODY,
-      { 'x-bench-long-mb': String(SLOW_READER_MB) },
-      (res, c) => {
-        received += c.length;
-        // Read ~256 KiB, then stall 10 ms: a reader much slower than the upstream.
-        if (received % (256 * 1024) < c.length) {
-          res.pause();
-          setTimeout(() => res.resume(), 10);
-        }
-      },
-    );
-    clearInterval(sampler);
-    if (fullMeter)
-      for (let i = 0; i < 200 && fullMeter.inflight() > 0; i++) await new Promise((r) => setTimeout(r, 10));
-    const slowEnd = gcAndRssMb();
-    slow[t.name] = {
-      mb_streamed: received / (1024 * 1024),
-      seconds: (performance.now() - slowT0) / 1000,
-      start_mb: slowStart,
-      max_mb: slowMax,
-      end_mb: slowEnd,
-      max_vs_start: slowMax / slowStart,
-    };
-    row(`slow reader ${t.name} ${round(received / 1048576, 0)} MiB: RSS start MB`, slowStart, 1);
-    row(`slow reader ${t.name}: RSS max MB`, slowMax, slowMax / slowStart);
-    row(`slow reader ${t.name}: RSS end MB (after gc)`, slowEnd, slowEnd / slowStart);
-  }
-  results.rss_slow_reader = slow;
-
-  // 6. Other engineers' component benchmarks, when present.
-  for (const [file, fn] of [
-    ['./decoders.ts', 'runDecoderBench'],
-    ['./audit.ts', 'runAuditBench'],
-  ] as const) {
-    if (!existsSync(new URL(file, import.meta.url))) continue;
-    try {
-      const mod = (await import(file.replace(/\.ts$/, '.js'))) as Record<
-        string,
-        () => Promise<Record<string, number>>
-      >;
-      if (typeof mod[fn] !== 'function') continue;
-      const r = await mod[fn]!();
-      results[fn] = r;
-      for (const [k, v] of Object.entries(r)) row(`${fn}: ${k}`, v);
-    } catch (err) {
-      results[fn] = { error: (err as Error).message };
-    }
-  }
-
-  await tmNoop.close(0);
-  await fullClose?.();
-  await bare.close();
-  await upstream.close();
-  rmSync(dir, { recursive: true, force: true });
-
+  if (COMPONENTS) results.components = await componentBenches(table);
+  results.loadavg_at_end = os.loadavg().map((x) => Math.round(x * 100) / 100);
   results.finished = new Date().toISOString();
-  results.targets = {
-    added_p50_ms_max: Math.max(
-      ...CONCURRENCY.map(
-        (c) =>
-          (
-            (latency[`c${c}`] as { added_ms: Record<string, { p50: number }> }).added_ms['tm-full'] ??
-            (latency[`c${c}`] as { added_ms: Record<string, { p50: number }> }).added_ms['tm-noop']!
-          ).p50,
-      ),
-    ),
-    added_p99_ms_max: Math.max(
-      ...CONCURRENCY.map(
-        (c) =>
-          (
-            (latency[`c${c}`] as { added_ms: Record<string, { p99: number }> }).added_ms['tm-full'] ??
-            (latency[`c${c}`] as { added_ms: Record<string, { p99: number }> }).added_ms['tm-noop']!
-          ).p99,
-      ),
-    ),
-    goal: 'added p50 <= 1 ms, p99 <= 5 ms, throughput >= 0.8 x bare proxy, RSS flat (+-20%)',
-  };
-  mkdirSync(new URL('./results/', import.meta.url), { recursive: true });
-  writeFileSync(new URL('./results/latest.json', import.meta.url), JSON.stringify(results, null, 2) + '\n');
+  results.rows = table.rows;
+  const failures = table.failures();
+  results.verdict = failures.length === 0 ? 'PASS' : 'FAIL';
 
-  const w0 = Math.max(...rows.map((r) => r[0].length));
-  const w1 = Math.max(...rows.map((r) => r[1].length), 8);
-  process.stdout.write(`${'measure'.padEnd(w0)}  ${'value'.padStart(w1)}  ratio vs baseline\n`);
-  for (const [a, b, c] of rows) process.stdout.write(`${a.padEnd(w0)}  ${b.padStart(w1)}  ${c}\n`);
-  process.stdout.write('\nwritten: bench/results/latest.json\n');
+  const out = here('./results/latest.json');
+  mkdirSync(dirname(out), { recursive: true });
+  writeFileSync(out, JSON.stringify(results, null, 2) + '\n');
+  process.stdout.write('\n' + table.format());
+  for (const [name, why] of Object.entries(procs.skipped)) process.stdout.write(`skipped ${name}: ${why}\n`);
+  process.stdout.write(
+    `\nverdict: ${failures.length === 0 ? 'every target met' : `${failures.length} FAIL (${failures.map((f) => `${f.figure} / ${f.target}`).join('; ')})`}\n`,
+  );
+  process.stdout.write(
+    `load average ${String(results.loadavg_at_start)} → ${String(results.loadavg_at_end)} on ${os.cpus().length} CPUs\n`,
+  );
+  process.stdout.write(`written: ${out}\n`);
 }
 
 await main();

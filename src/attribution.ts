@@ -12,6 +12,24 @@ export function keyFingerprint(secret: string, apiKey: string): string {
   return createHmac('sha256', secret).update(apiKey).digest('hex').slice(0, 12);
 }
 
+/**
+ * keyFingerprint with a bounded cache: an HMAC per request is measurable on the request path, and
+ * an app uses few keys. The cache lives in memory only (keys are never written anywhere) and is
+ * emptied when full rather than tracking recency.
+ */
+export function cachedKeyFingerprint(secret: string, max = 1024): (apiKey: string) => string {
+  const cache = new Map<string, string>();
+  return (apiKey) => {
+    let id = cache.get(apiKey);
+    if (id === undefined) {
+      id = keyFingerprint(secret, apiKey);
+      if (cache.size >= max) cache.clear();
+      cache.set(apiKey, id);
+    }
+    return id;
+  };
+}
+
 /** The API key a client sent, from `Authorization: Bearer`, `x-api-key` or `api-key` (Azure). */
 export function extractApiKey(headers: IncomingHttpHeaders): string | undefined {
   const auth = headers['authorization'];

@@ -32,6 +32,10 @@ export const ERROR_TYPES = [
   'client_abort',
   'stream_error',
   'network',
+  /** tokenmeter itself refused the request: a `block` budget is used up (§9); 429 on the wire. */
+  'budget_exceeded',
+  /** tokenmeter failed handling the request itself (the client got a 500 from tokenmeter). */
+  'internal_error',
 ] as const;
 export type ErrorType = (typeof ERROR_TYPES)[number];
 

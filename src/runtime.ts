@@ -7,14 +7,14 @@
  */
 import { randomBytes } from 'node:crypto';
 import { startBalancePoller } from './balance.js';
-import { createBudgets } from './budgets/index.js';
+import { createBudgets, type Budgets } from './budgets/index.js';
 import type { Settings } from './config/types.js';
 import type { Logger } from './log.js';
 import { createMeter } from './meter/index.js';
 import type { Meter } from './meter/types.js';
 import { loadPriceBook } from './pricing/index.js';
 import { openAuditLog, type AuditSink } from './sinks/audit/index.js';
-import { queryRecentCosts, querySpend } from './sinks/audit/queries.js';
+import { querySpend } from './sinks/audit/queries.js';
 import { createMetricsSink, type MetricsSink } from './sinks/metrics.js';
 import { createTraceSink } from './sinks/traces.js';
 import type { Sink } from './sinks/types.js';
@@ -58,6 +58,7 @@ export async function buildRuntime(
     maxApps: settings.limits.maxApps,
     apps: configuredApps,
     collectDefault: true,
+    upstreamHosts: Object.fromEntries(settings.upstreams.map((u) => [u.name, u.url.hostname])),
   });
 
   const audit = settings.db
@@ -89,25 +90,36 @@ export async function buildRuntime(
     health: metricsSink,
   });
 
-  const budgets =
-    settings.budgets.length > 0
-      ? createBudgets({
-          budgets: settings.budgets,
-          spend: audit ? (filter) => querySpend(audit.db, filter) : () => [],
-          recentCosts: audit
-            ? (filter, currency, n) => queryRecentCosts(audit.db, filter, currency, n)
-            : undefined,
-          metrics: metricsSink,
-          log,
-        })
-      : undefined;
+  let budgets: Budgets | undefined;
+  try {
+    budgets =
+      settings.budgets.length > 0
+        ? createBudgets({
+            budgets: settings.budgets,
+            spend: audit ? (filter) => querySpend(audit.db, filter) : () => [],
+            priceBook,
+            fx: settings.fx,
+            maxRequestBodyBytes: settings.limits.maxRequestBody,
+            log,
+          })
+        : undefined;
+  } catch (err) {
+    // A block budget that cannot read its period-to-date spend refuses to start (fails closed).
+    await audit?.close();
+    await traces?.close();
+    throw err;
+  }
   if (budgets && !audit) log.warn('budgets without an audit DB start from zero at every restart', {});
+  if (budgets) {
+    const b = budgets;
+    metricsSink.setBudgetSource(() => b.status());
+  }
 
+  // Budgets are a gate, not a sink: spend reaches them once, through the reservation's settle.
   const sinks: Sink[] = [];
   if (traces) sinks.push(traces);
   sinks.push(metricsSink);
   if (audit) sinks.push(audit);
-  if (budgets) sinks.push(budgets);
 
   const meter = createMeter({
     sinks,
@@ -122,6 +134,7 @@ export async function buildRuntime(
       audit && settings.audit.captureBodies ? (id, req, res) => audit.capture(id, req, res) : undefined,
     maxEventBytes: settings.limits.maxEventBytes,
     maxResponseBodyBytes: settings.limits.maxRequestBody,
+    onOverhead: (upstream, seconds) => metricsSink.overhead(upstream, seconds),
   });
 
   const poller = startBalancePoller({ upstreams: settings.upstreams, metrics: metricsSink, log });
@@ -132,7 +145,9 @@ export async function buildRuntime(
     metricsSink,
     audit,
     metrics: () => metricsSink.render(),
-    ready: () => !closed,
+    // Not ready while shutting down or while the audit log cannot write (records would queue and
+    // then drop): an orchestrator should stop sending traffic here until it recovers.
+    ready: () => !closed && (audit ? audit.healthy() : true),
     async close() {
       if (closed) return;
       closed = true;

@@ -26,6 +26,7 @@ export const METRIC = {
   auditDropped: 'tokenmeter_audit_dropped_total',
   internalErrors: 'tokenmeter_internal_errors_total',
   sseOversizeEvents: 'tokenmeter_sse_oversize_events_total',
+  proxyOverhead: 'tokenmeter_proxy_overhead_seconds',
   genAiTokenUsage: 'gen_ai_client_token_usage',
   genAiOperationDuration: 'gen_ai_client_operation_duration_seconds',
 } as const;
@@ -52,6 +53,7 @@ export const LABELS = {
   auditDropped: [],
   internalErrors: ['component'],
   sseOversizeEvents: ['upstream'],
+  proxyOverhead: ['upstream'],
   // OTel GenAI semconv metric attributes, with dots replaced by underscores for Prometheus.
   genAiTokenUsage: [
     'gen_ai_operation_name',

@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { SILENT_LOGGER } from '../src/log.js';
 import { createMeter, type MeterDeps } from '../src/meter/index.js';
 import { inspectRequest } from '../src/meter/inspect.js';
-import type { MeterBeginInput, MeterOutcome } from '../src/meter/types.js';
+import type { Meter, MeterBeginInput, MeterOutcome } from '../src/meter/types.js';
 import type { PriceBook, PriceQuery } from '../src/pricing/types.js';
 import type { RequestRecord } from '../src/record.js';
 import type { HealthCounters, Sink } from '../src/sinks/types.js';
@@ -25,7 +25,7 @@ const COUNTING_BOOK: PriceBook = {
   },
 };
 
-function harness(extraSinks: Sink[] = []) {
+function harness(extraSinks: Sink[] = [], priceBook: PriceBook = COUNTING_BOOK) {
   const records: RequestRecord[] = [];
   const errors: string[] = [];
   const health: HealthCounters = {
@@ -37,7 +37,7 @@ function harness(extraSinks: Sink[] = []) {
   const collector: Sink = { name: 'collector', write: (r) => records.push(r), close: async () => {} };
   const deps: MeterDeps = {
     sinks: [...extraSinks, collector],
-    priceBook: COUNTING_BOOK,
+    priceBook,
     health,
     log: SILENT_LOGGER,
     keySecret: 'test-secret-0123456789',
@@ -72,8 +72,9 @@ function harness(extraSinks: Sink[] = []) {
       m.onFirstByteToClient();
     }
     const before = records.length;
-    m.finish(outcome);
-    for (let i = 0; i < 100 && records.length === before; i++) await new Promise((r) => setTimeout(r, 5));
+    // finish resolves once the record has been handed to every sink (the exchange's one in-flight
+    // count drops then).
+    await m.finish(outcome);
     expect(records.length).toBe(before + 1);
     return records[records.length - 1]!;
   };
@@ -81,6 +82,21 @@ function harness(extraSinks: Sink[] = []) {
 }
 
 const CHAT = { model: 'gpt-4o', messages: [{ role: 'user', content: 'hello there' }] };
+
+/** Begins a chat request with no key (nothing sent yet). */
+function beginChat(meter: Meter) {
+  const raw = Buffer.from(JSON.stringify(CHAT));
+  return meter.begin({
+    method: 'POST',
+    path: '/v1/chat/completions',
+    headers: {},
+    upstream: 'default',
+    upstreamUrl: new URL('http://127.0.0.1:9/v1'),
+    info: inspectRequest('POST', '/v1/chat/completions', raw),
+    requestBytes: raw.length,
+    injectedUsage: false,
+  });
+}
 const chatBody = (usage?: object) =>
   JSON.stringify({
     id: 'chatcmpl-1',
@@ -111,7 +127,6 @@ describe('the meter', () => {
     });
     expect(r.key_id).toMatch(/^[0-9a-f]{12}$/);
     expect(JSON.stringify(r)).not.toContain('sk-secret-key');
-    expect(h.meter.inflight()).toBe(0);
   });
 
   it('decodes a gzip body whose Content-Encoding header is missing', async () => {
@@ -173,17 +188,7 @@ describe('the meter', () => {
 
   it('a network failure before any response gives a record with no status', async () => {
     const h = harness();
-    const raw = Buffer.from(JSON.stringify(CHAT));
-    const m = h.meter.begin({
-      method: 'POST',
-      path: '/v1/chat/completions',
-      headers: {},
-      upstream: 'default',
-      upstreamUrl: new URL('http://127.0.0.1:9/v1'),
-      info: inspectRequest('POST', '/v1/chat/completions', raw),
-      requestBytes: raw.length,
-      injectedUsage: false,
-    });
+    const m = beginChat(h.meter);
     m.finish({ kind: 'network', message: 'connect ECONNREFUSED 127.0.0.1:9' });
     m.finish({ kind: 'complete' }); // a second finish is ignored: exactly one record
     for (let i = 0; i < 100 && h.records.length === 0; i++) await new Promise((r) => setTimeout(r, 5));
@@ -195,5 +200,54 @@ describe('the meter', () => {
       usage_source: 'none',
       key_id: null,
     });
+  });
+
+  it('a record that cannot be built still goes out once, as a minimal record naming the failure', async () => {
+    // A price book whose result blows up when read: building the record throws after pricing.
+    const broken: PriceBook = {
+      price: () =>
+        ({
+          get cost_nanos(): number {
+            throw new Error('corrupt price entry');
+          },
+        }) as unknown as ReturnType<PriceBook['price']>,
+    };
+    const h = harness([], broken);
+    const r = await h.run('/v1/chat/completions', CHAT, 200, { 'content-type': 'application/json' }, [
+      Buffer.from(chatBody({ prompt_tokens: 10, completion_tokens: 3 })),
+    ]);
+    expect(h.records).toHaveLength(1);
+    expect(r).toMatchObject({
+      operation: 'chat',
+      http_status: 200,
+      request_model: 'gpt-4o',
+      usage_source: 'missing',
+      input_tokens: null,
+      output_tokens: null,
+      cost_nanos: null,
+    });
+    expect(r.note).toContain('record_build_failed: corrupt price entry');
+    expect(h.errors).toContain('record');
+  });
+
+  it('a request that reached the upstream but got no response head: input estimated, output unknown', async () => {
+    const h = harness();
+    for (const outcome of [
+      { kind: 'client_abort', reachedUpstream: true },
+      { kind: 'timeout', phase: 'idle', reachedUpstream: true },
+      { kind: 'network', message: 'ECONNRESET', reachedUpstream: true },
+    ] as MeterOutcome[]) {
+      const m = beginChat(h.meter);
+      await m.finish(outcome);
+      const r = h.records[h.records.length - 1]!;
+      expect(r.http_status).toBeNull();
+      expect(r.usage_source).toBe('estimated');
+      expect(r.input_tokens).toBeGreaterThan(0);
+      expect(r.output_tokens).toBeNull();
+    }
+    // Never sent (connect failed): nothing can have been billed.
+    const m = beginChat(h.meter);
+    await m.finish({ kind: 'timeout', phase: 'connect', reachedUpstream: false });
+    expect(h.records[h.records.length - 1]).toMatchObject({ usage_source: 'none', input_tokens: null });
   });
 });

@@ -1,31 +1,55 @@
 /**
- * Budgets (DESIGN.md §9): period-to-date spend per budget, warn thresholds, and for
- * `action: block` a gate that rejects new requests in scope once the budget is used up.
+ * Budgets (DESIGN.md §9, issue 11): period-to-date spend per budget, warn thresholds, and for
+ * `action: block` a gate that holds under concurrency. Budgets are not a sink: spend reaches a
+ * budget exactly once, through the reservation `check()` hands out (`settle(record)`).
  *
- * Spend = the audit log's period-to-date sum at start (so it survives restarts) + the cost of every
- * live record in scope since. Money is BigInt nanos throughout; a record in another currency than
- * the budget's is not added (no FX here; logged once).
+ * Spend = the audit log's period-to-date sum at start (so it survives restarts) + the real cost of
+ * every settled request in scope since. Money is BigInt nanos; another currency is converted with
+ * `fx:` when a rate exists.
  *
- * Reserve-then-settle: check() admits a request only while spent + reserved < limit, and reserves
- * an estimate for it; the record's real cost replaces the estimate when it arrives. So requests
- * racing for the last part of a budget can overshoot it by at most the estimates in flight when
- * it ran out (exactly: by one estimate, plus however much real costs exceed their estimates).
- * The estimate is the largest of the last ESTIMATE_WINDOW in-scope costs, or 1% of the limit
- * before any cost has been seen.
+ * Gate: a request in scope of a block budget reserves the most it can cost (src/budgets/bound.ts,
+ * priced by `PriceBook.maxCost`), and is admitted only while spent + reserved + its bound ≤ limit.
+ * So however many requests race, the real spend stays within the limit as long as each real cost
+ * is within its bound. A body too large to read cannot be bounded: it is refused ('unmeterable').
+ * A block budget whose period spend cannot be read at start refuses to start (fail closed).
  */
-import type { BudgetConfig } from '../config/schema.js';
+import type { BudgetConfig, FxRate } from '../config/schema.js';
+import { DEFAULTS } from '../config/types.js';
 import { TokenmeterError } from '../errors.js';
-import { globToRegExp } from '../glob.js';
 import type { Logger } from '../log.js';
-import { formatNanos, nanosToUnits, parseDecimal, unitsToNanos } from '../pricing/money.js';
+import { parseDecimal, unitsToNanos } from '../pricing/money.js';
+import type { BoundingPriceBook } from '../pricing/types.js';
 import type { RequestRecord } from '../record.js';
-import type { MetricsSink } from '../sinks/metrics.js';
-import type { RequestStart, Sink } from '../sinks/types.js';
-import type { BudgetDecision, BudgetGate, BudgetReservation, BudgetStatus, SpendFilter } from './types.js';
-import { assertTimeZone, periodWindow, type PeriodWindow } from './window.js';
+import type { RequestStart } from '../sinks/types.js';
+import { requestBound } from './bound.js';
+import { BudgetLedger, ratioOf, utcDay, type Hold } from './ledger.js';
+import {
+  noFxMessage,
+  tooCostlyMessage,
+  unmeterableMessage,
+  usedUpMessage,
+  type BoundDetail,
+} from './messages.js';
+import type {
+  BudgetDecision,
+  BudgetGate,
+  BudgetRequest,
+  BudgetReservation,
+  BudgetStatus,
+  SpendFilter,
+} from './types.js';
+import { assertTimeZone } from './window.js';
 
-export type { BudgetDecision, BudgetGate, BudgetReservation, BudgetStatus, SpendFilter } from './types.js';
+export type {
+  BudgetDecision,
+  BudgetGate,
+  BudgetRequest,
+  BudgetReservation,
+  BudgetStatus,
+  SpendFilter,
+} from './types.js';
 export { periodWindow, type Period, type PeriodWindow } from './window.js';
+export { requestBound, IMAGE_INPUT_TOKENS, type RequestBound } from './bound.js';
 /** SQLite GLOB semantics, the same as the audit log's `request_model GLOB ?` (src/glob.ts). */
 export { globToRegExp } from '../glob.js';
 
@@ -36,319 +60,230 @@ export interface BudgetsOptions {
   /** Period-to-date spend from the audit log (its `querySpend`), injected. Model is a SQLite GLOB. */
   spend: SpendQuery;
   /**
-   * Recent in-scope costs from the audit log (its `queryRecentCosts`), newest first: seeds the
-   * reservation estimate at start so a restart does not fall back to the 1%-of-limit guess.
+   * Prices the bound a block budget reserves. The runtime always passes it; without it (the
+   * `tokenmeter budgets` report) block budgets reserve nothing and only block once used up.
    */
-  recentCosts?: (filter: SpendFilter, currency: string, limit: number) => bigint[];
-  metrics?: Pick<MetricsSink, 'budget'>;
+  priceBook?: BoundingPriceBook;
+  /** `fx:` rates: spend and bounds in another currency are converted with them. */
+  fx?: readonly FxRate[];
+  /** `limits.max_request_body`, named in the message that refuses an unreadable body. */
+  maxRequestBodyBytes?: number;
   now?: () => number;
   log: Logger;
 }
 
-export interface Budgets extends BudgetGate, Sink {
+export interface Budgets extends BudgetGate {
+  /** Cheap (no I/O, a few BigInt operations per budget): read at scrape time for the gauges. */
   status(): BudgetStatus[];
 }
 
-/** How far back the audit log is searched for recent costs to seed the estimate at start. */
-const RECENT_COSTS_LOOKBACK_MS = 30 * 86_400_000;
+type Blocked = Extract<BudgetDecision, { blocked: true }>;
 
-/** How many recent in-scope costs the reservation estimate looks at. */
-export const ESTIMATE_WINDOW = 20;
-/** Estimate before any in-scope cost was seen: this fraction of the limit (1%). */
-const DEFAULT_ESTIMATE_PER_MILLE = 10n;
-/** Record ids remembered as already counted, so write() and settle() never count one twice. */
-const COUNTED_IDS_CAP = 10_000;
+/** Releases the request's holds and adds its real cost to the budgets it counts towards, once. */
+class Reservation implements BudgetReservation {
+  private settled = false;
 
-interface BudgetState {
-  config: BudgetConfig;
-  timezone: string;
-  modelRe?: RegExp;
-  limit: bigint;
-  window: PeriodWindow;
-  /** Spend from the audit log for [window.start, baseTo). */
-  base: bigint;
-  /** Live records with ts_start >= baseTo in this window are added to `live`. */
-  baseTo: number;
-  live: bigint;
-  /** In-flight reservations by request id. */
-  pending: Map<string, bigint>;
-  reserved: bigint;
-  recentCosts: bigint[];
-  warned: Set<number>;
-  exceededLogged: boolean;
-}
+  constructor(
+    private readonly holds: Hold[],
+    private readonly countsTowards: BudgetLedger[],
+    private readonly now: () => number,
+  ) {}
 
-interface ScopeSubject {
-  app: string;
-  request_model: string | null;
-  upstream: string;
-}
-
-function inScope(b: BudgetState, s: ScopeSubject): boolean {
-  const scope = b.config.scope;
-  if (scope.app !== undefined && scope.app !== s.app) return false;
-  if (scope.upstream !== undefined && scope.upstream !== s.upstream) return false;
-  // A model-scoped budget needs a known model (like SQL GLOB, which never matches NULL).
-  if (b.modelRe && (s.request_model === null || !b.modelRe.test(s.request_model))) return false;
-  return true;
-}
-
-function spentOf(b: BudgetState): bigint {
-  return b.base + b.live;
-}
-
-function ratioOf(spent: bigint, limit: bigint): number {
-  if (limit === 0n) return spent > 0n ? Number.POSITIVE_INFINITY : 0;
-  return Number(spent) / Number(limit);
+  settle(record: RequestRecord): void {
+    // The meter settles exactly once; a flag on the handle (not an id set) makes a second call harmless.
+    if (this.settled) return;
+    this.settled = true;
+    for (const h of this.holds) h.ledger.release(h);
+    const t = this.now();
+    for (const b of this.countsTowards) b.add(record, t);
+  }
 }
 
 export function createBudgets(opts: BudgetsOptions): Budgets {
   const now = opts.now ?? Date.now;
   const log = opts.log;
+  const fx = opts.fx ?? [];
+  const maxBody = opts.maxRequestBodyBytes ?? DEFAULTS.limits.maxRequestBody;
+  const t0 = now();
 
-  const states: BudgetState[] = opts.budgets.map((config) => {
+  const ledgers = opts.budgets.map((config) => {
     const timezone = config.timezone ?? 'UTC';
     try {
       assertTimeZone(timezone);
     } catch (err) {
       throw new TokenmeterError('CONFIG_INVALID', `budget "${config.name}": ${(err as Error).message}`);
     }
-    const t = now();
-    const window = periodWindow(config.period, timezone, t);
-    const state: BudgetState = {
-      config,
-      timezone,
-      modelRe: config.scope.model === undefined ? undefined : globToRegExp(config.scope.model),
-      limit: unitsToNanos(parseDecimal(config.limit)),
-      window,
-      base: 0n,
-      baseTo: t,
-      live: 0n,
-      pending: new Map(),
-      reserved: 0n,
-      recentCosts: [],
-      warned: new Set(),
-      exceededLogged: false,
-    };
-    state.base = loadBase(state, window.start, t);
-    state.recentCosts = loadRecentCosts(state, t);
-    return state;
+    const limit = unitsToNanos(parseDecimal(config.limit));
+    const ledger = new BudgetLedger(config, timezone, limit, t0, fx, log);
+    ledger.setBase(readBase(ledger, t0));
+    ledger.evaluate();
+    return ledger;
   });
 
-  function loadBase(b: BudgetState, fromMs: number, toMs: number): bigint {
+  function readBase(b: BudgetLedger, toMs: number): Array<{ currency: string; cost_nanos: bigint }> {
     const { app, model, upstream } = b.config.scope;
-    let rows: Array<{ currency: string; cost_nanos: bigint }>;
     try {
-      rows = opts.spend({ app, model, upstream, fromMs, toMs });
+      return opts.spend({ app, model, upstream, fromMs: b.window.start, toMs });
     } catch (err) {
-      // The proxy must start even with a broken DB; the budget then counts from now.
+      const error = err instanceof Error ? err.message : String(err);
+      if (b.blocks) {
+        // Fail closed: a fresh full limit would let a spent budget be spent again.
+        throw new TokenmeterError(
+          'DB_ERROR',
+          `budget "${b.name}" (action: block) cannot start: its period-to-date spend could not be read ` +
+            `from the audit log (${error.replace(/\s+/g, ' ')}). Starting from zero could spend it twice. ` +
+            `Fix the audit DB (path, permissions, disk, --db) or set action: alert on this budget to start anyway.`,
+        );
+      }
       log.error('budget could not read period-to-date spend from the audit log; counting from now', {
-        budget: b.config.name,
-        error: String(err),
-      });
-      return 0n;
-    }
-    let total = 0n;
-    for (const r of rows) {
-      if (r.currency === b.config.currency) total += BigInt(r.cost_nanos);
-      else otherCurrency(b, r.currency);
-    }
-    return total;
-  }
-
-  function loadRecentCosts(b: BudgetState, nowMs: number): bigint[] {
-    if (!opts.recentCosts) return [];
-    const { app, model, upstream } = b.config.scope;
-    try {
-      // Newest first from the DB; the window keeps them oldest first.
-      const filter = { app, model, upstream, fromMs: nowMs - RECENT_COSTS_LOOKBACK_MS, toMs: nowMs };
-      return opts.recentCosts(filter, b.config.currency, ESTIMATE_WINDOW).reverse();
-    } catch (err) {
-      log.once('budgets:recent-costs', 'warn', 'budget estimate could not be seeded from the audit log', {
-        error: String(err),
+        budget: b.name,
+        error,
       });
       return [];
     }
   }
 
-  function otherCurrency(b: BudgetState, currency: string): void {
-    log.once(
-      `budget:${b.config.name}:currency:${currency}`,
-      'warn',
-      'budget ignores spend in another currency',
-      {
-        budget: b.config.name,
-        budget_currency: b.config.currency,
-        currency,
-      },
-    );
+  /** The bound of one request in each gating budget's currency, computed once per request. */
+  function bound(start: RequestStart, request: BudgetRequest): BoundOf | undefined {
+    if (!opts.priceBook) return undefined;
+    const r = requestBound(request);
+    const cost = opts.priceBook.maxCost({
+      model: start.request_model ?? undefined,
+      upstream: start.upstream,
+      app: start.app,
+      operation: start.operation,
+      at: new Date(start.ts_start),
+      inputTokens: r.inputTokens,
+      requestedOutputTokens: r.requestedOutputTokens,
+      choices: r.choices,
+    });
+    return { cost, inputTokens: r.inputTokens };
   }
 
-  /** Moves a budget to the period containing t (a new period starts from zero). */
-  function roll(b: BudgetState, t: number): void {
-    if (t < b.window.end) return;
-    b.window = periodWindow(b.config.period, b.timezone, t);
-    b.base = 0n;
-    b.live = 0n;
-    b.baseTo = b.window.start;
-    // In-flight requests started in the old period; their costs belong there.
-    b.pending.clear();
-    b.reserved = 0n;
-    b.warned.clear();
-    b.exceededLogged = false;
-    publish(b);
-  }
-
-  function publish(b: BudgetState): void {
-    opts.metrics?.budget(b.config.name, b.config.currency, nanosToUnits(b.limit), nanosToUnits(spentOf(b)));
-  }
-
-  function evaluate(b: BudgetState): void {
-    const spent = spentOf(b);
-    const ratio = ratioOf(spent, b.limit);
-    const fields = {
-      budget: b.config.name,
-      spent: formatNanos(spent, b.config.currency),
-      limit: formatNanos(b.limit, b.config.currency),
-      period_start: b.window.startDate,
+  /** This request's bound in b's currency, 0n when unknown (unpriced), or why it cannot be counted. */
+  function boundIn(b: BudgetLedger, of: BoundOf | undefined, start: RequestStart): BoundDetail | Blocked {
+    const zero: BoundDetail = { amount: 0n, inputTokens: 0, outputTokens: 0, outputFrom: 'default' };
+    if (!of) return zero;
+    const { cost } = of;
+    if (cost.cost_nanos === null) {
+      // Unpriced spend is never counted (cost NULL), so a reservation could never be settled
+      // against it; the unpriced-model alert is what watches this hole.
+      log.once(`budget:${b.name}:unpriced-bound`, 'warn', 'budget reserves nothing for unpriced requests', {
+        budget: b.name,
+        model: (start.request_model ?? '').slice(0, 100),
+        reason: cost.reason.slice(0, 200),
+      });
+      return zero;
+    }
+    const amount = b.inOwnCurrency(cost.cost_nanos, cost.currency, utcDay(start.ts_start));
+    if (amount === null) {
+      const model = (start.request_model ?? 'unknown').slice(0, 100);
+      return {
+        blocked: true,
+        budget: b.name,
+        reason: 'exhausted',
+        message: noFxMessage(b, model, cost.currency),
+      };
+    }
+    return {
+      amount,
+      inputTokens: of.inputTokens,
+      outputTokens: cost.output_tokens,
+      outputFrom: cost.output_from,
     };
-    for (const threshold of [...b.config.warn_at].sort((x, y) => x - y)) {
-      if (ratio >= threshold && !b.warned.has(threshold)) {
-        b.warned.add(threshold);
-        log.warn('budget warning threshold reached', { ...fields, threshold });
-      }
+  }
+
+  /** Admits the request against every gating budget (reserving its bound on each), or says which blocks it. */
+  function admit(gates: BudgetLedger[], start: RequestStart, request: BudgetRequest): Hold[] | Blocked {
+    for (const b of gates) {
+      if (b.spent() + b.reserved >= b.limit)
+        return { blocked: true, budget: b.name, reason: 'exhausted', message: usedUpMessage(b) };
     }
-    if (ratio >= 1 && !b.exceededLogged) {
-      b.exceededLogged = true;
-      log.warn(
-        b.config.action === 'block' ? 'budget exhausted; blocking requests in scope' : 'budget exceeded',
-        fields,
-      );
+    if (request.bodyUnreadable) {
+      const b = gates[0]!;
+      return {
+        blocked: true,
+        budget: b.name,
+        reason: 'unmeterable',
+        message: unmeterableMessage(b, maxBody),
+      };
     }
-  }
-
-  function estimate(b: BudgetState): bigint {
-    if (b.recentCosts.length === 0) return (b.limit * DEFAULT_ESTIMATE_PER_MILLE) / 1000n;
-    return b.recentCosts.reduce((max, c) => (c > max ? c : max));
-  }
-
-  function release(b: BudgetState, id: string): void {
-    const r = b.pending.get(id);
-    if (r === undefined) return;
-    b.pending.delete(id);
-    b.reserved -= r;
-  }
-
-  const counted = new Set<string>();
-
-  /** Adds a finished record's cost to every budget in scope (once per record id) and drops its reservations. */
-  function account(record: RequestRecord): void {
-    if (counted.has(record.id)) return;
-    counted.add(record.id);
-    if (counted.size > COUNTED_IDS_CAP) counted.delete(counted.values().next().value as string);
-    const t = now();
-    for (const b of states) {
-      roll(b, t);
-      release(b, record.id);
-      if (record.cost_nanos === null || record.currency === null) continue; // unpriced: unknown, not 0
-      if (!inScope(b, record)) continue;
-      if (record.ts_start < b.window.start || record.ts_start >= b.window.end || record.ts_start < b.baseTo)
-        continue;
-      if (record.currency !== b.config.currency) {
-        otherCurrency(b, record.currency);
-        continue;
-      }
-      const cost = BigInt(record.cost_nanos);
-      b.live += cost;
-      b.recentCosts.push(cost);
-      if (b.recentCosts.length > ESTIMATE_WINDOW) b.recentCosts.shift();
-      publish(b);
-      evaluate(b);
+    const of = bound(start, request);
+    const amounts: bigint[] = [];
+    for (const b of gates) {
+      const detail = boundIn(b, of, start);
+      if ('blocked' in detail) return detail;
+      if (b.spent() + b.reserved + detail.amount > b.limit)
+        return { blocked: true, budget: b.name, reason: 'exhausted', message: tooCostlyMessage(b, detail) };
+      amounts.push(detail.amount);
     }
-  }
-
-  function blockedMessage(b: BudgetState): string {
-    const cur = b.config.currency;
-    const inFlight =
-      b.reserved > 0n ? ` (+${formatNanos(b.reserved, cur)} reserved by requests in flight)` : '';
-    return (
-      `tokenmeter budget "${b.config.name}" is used up: ${formatNanos(spentOf(b), cur)} spent${inFlight} of ` +
-      `${formatNanos(b.limit, cur)} this ${b.config.period} (since ${b.window.startDate}, ${b.timezone}). ` +
-      `Requests in its scope are blocked until ${new Date(b.window.end).toISOString()}; ` +
-      `raise the limit in the budgets: config to continue.`
-    );
-  }
-
-  for (const b of states) {
-    publish(b);
-    evaluate(b);
+    return gates.map((b, i) => b.hold(amounts[i]!));
   }
 
   return {
-    name: 'budgets',
-
-    check(start: RequestStart): BudgetDecision {
+    check(start: RequestStart, request: BudgetRequest): BudgetDecision {
       const t = now();
-      const gates = states.filter((b) => b.config.action === 'block' && inScope(b, start));
-      if (gates.length === 0) return { blocked: false };
-      for (const b of gates) {
-        roll(b, t);
-        if (spentOf(b) + b.reserved >= b.limit) {
-          return { blocked: true, budget: b.config.name, message: blockedMessage(b) };
-        }
+      // No allocation for a request in scope of no budget: the common case costs one scan.
+      let gates: BudgetLedger[] | undefined;
+      let countsTowards: BudgetLedger[] | undefined;
+      for (const b of ledgers) {
+        // Free endpoints (operation `other`: /v1/models, count_tokens, balance) are never gated.
+        const gated = start.operation !== 'other' && b.gates(start);
+        const counted = b.counts(start);
+        if (!gated && !counted) continue;
+        b.roll(t);
+        if (gated) (gates ??= []).push(b);
+        if (counted) (countsTowards ??= []).push(b);
       }
-      for (const b of gates) {
-        const amount = estimate(b);
-        b.pending.set(start.id, amount);
-        b.reserved += amount;
+      if (!gates && !countsTowards) return { blocked: false };
+      let holds: Hold[] = [];
+      if (gates) {
+        const admitted = admit(gates, start, request);
+        if (!Array.isArray(admitted)) return admitted;
+        holds = admitted;
       }
-      const reservation: BudgetReservation = {
-        settle(record: RequestRecord) {
-          // The record may carry a different id only if a caller misuses the seam; release ours anyway.
-          for (const b of gates) release(b, start.id);
-          account(record);
-        },
-      };
-      return { blocked: false, reservation };
+      return { blocked: false, reservation: new Reservation(holds, countsTowards ?? [], now) };
     },
-
-    write(record: RequestRecord) {
-      account(record);
-    },
-
-    async close() {},
 
     status(): BudgetStatus[] {
       const t = now();
-      return states.map((b) => {
-        roll(b, t);
-        const spent = spentOf(b);
-        const length = b.window.end - b.window.start;
-        // Linear projection; elapsed is floored at 1/24 of the period so the first minutes of a
-        // period do not project absurd overspend from a single request.
-        const elapsed = Math.max(t - b.window.start, Math.floor(length / 24), 1);
-        const projected = (spent * BigInt(length)) / BigInt(elapsed);
-        const ratio = ratioOf(spent, b.limit);
-        return {
-          name: b.config.name,
-          period: b.config.period,
-          timezone: b.timezone,
-          currency: b.config.currency,
-          action: b.config.action,
-          scope: { ...b.config.scope },
-          period_start: b.window.start,
-          period_end: b.window.end,
-          period_start_date: b.window.startDate,
-          limit_nanos: b.limit,
-          spent_nanos: spent,
-          reserved_nanos: b.reserved,
-          ratio,
-          projected_nanos: projected > spent ? projected : spent,
-          warn_at: [...b.config.warn_at].sort((x, y) => x - y),
-          warnings_crossed: [...b.config.warn_at].filter((w) => ratio >= w).sort((x, y) => x - y),
-          exceeded: ratio >= 1,
-        };
-      });
+      return ledgers.map((b) => statusOf(b, t));
     },
+  };
+}
+
+interface BoundOf {
+  cost: ReturnType<BoundingPriceBook['maxCost']>;
+  inputTokens: number;
+}
+
+function statusOf(b: BudgetLedger, t: number): BudgetStatus {
+  b.roll(t);
+  const spent = b.spent();
+  const length = b.window.end - b.window.start;
+  // Linear projection; elapsed is floored at 1/24 of the period so the first minutes of a
+  // period do not project absurd overspend from a single request.
+  const elapsed = Math.max(t - b.window.start, Math.floor(length / 24), 1);
+  const projected = (spent * BigInt(length)) / BigInt(elapsed);
+  const ratio = ratioOf(spent, b.limit);
+  const warnAt = [...b.config.warn_at].sort((x, y) => x - y);
+  return {
+    name: b.name,
+    period: b.config.period,
+    timezone: b.timezone,
+    currency: b.currency,
+    action: b.config.action,
+    scope: { ...b.config.scope },
+    period_start: b.window.start,
+    period_end: b.window.end,
+    period_start_date: b.window.startDate,
+    limit_nanos: b.limit,
+    spent_nanos: spent,
+    reserved_nanos: b.reserved,
+    ratio,
+    projected_nanos: projected > spent ? projected : spent,
+    warn_at: warnAt,
+    warnings_crossed: warnAt.filter((w) => ratio >= w),
+    exceeded: ratio >= 1,
   };
 }

@@ -1,17 +1,37 @@
 import type { RequestRecord } from '../record.js';
 import type { RequestStart } from '../sinks/types.js';
 
-export type BudgetDecision =
-  { blocked: false; reservation?: BudgetReservation } | { blocked: true; budget: string; message: string };
+/** What the gate needs of a request's body (read by the proxy, capped at `limits.max_request_body`). */
+export interface BudgetRequest {
+  /** Parsed JSON request body, when it could be read (undefined: not JSON, or over the body cap). */
+  body?: unknown;
+  /** The body exceeded the metering cap and could not be read (model, max_tokens unknown). */
+  bodyUnreadable: boolean;
+  requestBytes: number;
+}
 
+/**
+ * `exhausted`: a block budget has no room for this request (used up, or its bound does not fit,
+ * or its cost cannot be counted in the budget's currency): the meter answers 429.
+ * `unmeterable`: a block budget has the request in scope but its body could not be read, so its
+ * cost cannot be bounded: the meter answers 413. `message` names the budget and what to do.
+ */
+export type BudgetDecision =
+  | { blocked: false; reservation?: BudgetReservation }
+  | { blocked: true; budget: string; message: string; reason: 'exhausted' | 'unmeterable' };
+
+/**
+ * Returned whenever any budget (alert or block) has the request in scope. The meter calls
+ * `settle` exactly once with the request's record, whatever happened to the request.
+ */
 export interface BudgetReservation {
-  /** Replace the reserved estimate with the record's real cost (or release it when unpriced). */
+  /** Releases what was reserved and adds the record's real cost (nothing when it is unpriced). */
   settle(record: RequestRecord): void;
 }
 
 /** Checked before a request is forwarded; `action: block` budgets may reject it. */
 export interface BudgetGate {
-  check(start: RequestStart): BudgetDecision;
+  check(start: RequestStart, request: BudgetRequest): BudgetDecision;
 }
 
 /** One budget's state for the current period (`tokenmeter budgets`, GET status, gauges). */
@@ -30,7 +50,7 @@ export interface BudgetStatus {
   limit_nanos: bigint;
   /** Period-to-date spend: audit log at start + live records since. Unpriced requests add nothing. */
   spent_nanos: bigint;
-  /** Estimates reserved by requests in flight (block budgets only). */
+  /** Bounds reserved by requests in flight (block budgets only). */
   reserved_nanos: bigint;
   /** spent / limit (a display ratio, not money). */
   ratio: number;

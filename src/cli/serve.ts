@@ -36,8 +36,11 @@ export async function startServe(
     settings,
     meter: runtime.meter,
     log,
+    health: runtime.metricsSink,
     admin: { metrics: runtime.metrics, ready: runtime.ready },
   });
+  runtime.metricsSink.setInflightSource(() => proxy.inflightByUpstream());
+  warnIfExposed(settings, log);
   let addr;
   try {
     addr = await proxy.listen();
@@ -65,19 +68,29 @@ export async function startServe(
     stop() {
       stopping ??= (async () => {
         log.info('shutting down', { inflight: proxy.inflight(), grace_ms: settings.limits.shutdownGraceMs });
-        const started = Date.now();
+        // close() returns once every exchange's record was handed to the sinks (or the grace ran
+        // out), so the audit queue flushed by runtime.close() holds every record.
         await proxy.close(settings.limits.shutdownGraceMs);
-        // The meter hands records to the sinks just after finish (off the response path); wait for
-        // those hand-offs so the audit queue flushed by runtime.close() holds every record.
-        const deadline = started + settings.limits.shutdownGraceMs + 1000;
-        while (runtime.meter.inflight() > 0 && Date.now() < deadline)
-          await new Promise((r) => setTimeout(r, 10));
         await runtime.close();
         log.info('stopped', {});
       })();
       return stopping;
     },
   };
+}
+
+function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || host === '[::1]' || /^127\./.test(host);
+}
+
+/** §12: bound beyond loopback with no auth_token, the admin surface is open to the network. */
+export function warnIfExposed(settings: Pick<Settings, 'host' | 'authToken'>, log: Logger): boolean {
+  if (isLoopback(settings.host) || settings.authToken !== undefined) return false;
+  log.warn('listening beyond loopback without auth_token: /metrics and /readyz are open to the network', {
+    host: settings.host,
+    fix: 'set auth_token in tokenmeter.yaml (clients then send Authorization: Bearer <token> for /metrics)',
+  });
+  return true;
 }
 
 interface ServeOptions {

@@ -230,6 +230,11 @@ export function loadSettings(flags: CliFlags, env: NodeJS.ProcessEnv, cwd: strin
     maxModels: cfg.limits?.max_models ?? DEFAULTS.limits.maxModels,
     maxApps: cfg.limits?.max_apps ?? DEFAULTS.limits.maxApps,
     shutdownGraceMs: cfg.limits?.shutdown_grace ?? DEFAULTS.limits.shutdownGraceMs,
+    clientHeaderTimeoutMs: cfg.limits?.client_header_timeout ?? DEFAULTS.limits.clientHeaderTimeoutMs,
+    clientRequestTimeoutMs: cfg.limits?.client_request_timeout ?? DEFAULTS.limits.clientRequestTimeoutMs,
+    clientKeepAliveTimeoutMs:
+      cfg.limits?.client_keep_alive_timeout ?? DEFAULTS.limits.clientKeepAliveTimeoutMs,
+    maxConnections: cfg.limits?.max_connections ?? DEFAULTS.limits.maxConnections,
   };
   const connectDefault = cfg.limits?.connect_timeout ?? DEFAULTS.connectTimeoutMs;
   const idleDefault = cfg.limits?.idle_timeout ?? DEFAULTS.idleTimeoutMs;

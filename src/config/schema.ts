@@ -203,6 +203,10 @@ export const ConfigFile = z
         connect_timeout: Duration.optional(),
         idle_timeout: Duration.optional(),
         shutdown_grace: Duration.optional(),
+        client_header_timeout: Duration.optional(),
+        client_request_timeout: Duration.optional(),
+        client_keep_alive_timeout: Duration.optional(),
+        max_connections: z.number().int().positive().optional(),
       })
       .strict()
       .optional(),

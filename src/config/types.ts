@@ -61,6 +61,14 @@ export interface Settings {
     maxModels: number;
     maxApps: number;
     shutdownGraceMs: number;
+    /** A client must send its request headers within this time (slowloris). */
+    clientHeaderTimeoutMs: number;
+    /** ... and its whole request, body included, within this time. The response is not limited. */
+    clientRequestTimeoutMs: number;
+    /** An idle keep-alive client connection is closed after this time. */
+    clientKeepAliveTimeoutMs: number;
+    /** Open client connections at most; further connections are refused until some close. */
+    maxConnections: number;
   };
   traces: { captureContent: boolean };
 }
@@ -88,6 +96,10 @@ export const DEFAULTS = {
     maxModels: 100,
     maxApps: 50,
     shutdownGraceMs: 10_000,
+    clientHeaderTimeoutMs: 30_000,
+    clientRequestTimeoutMs: 300_000,
+    clientKeepAliveTimeoutMs: 5_000,
+    maxConnections: 1024,
   },
   balanceIntervalMs: 300_000,
   balancePath: '/v1/balance',

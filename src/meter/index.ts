@@ -9,20 +9,21 @@
  */
 import type { IncomingHttpHeaders } from 'node:http';
 import { newRecordId } from '../ids.js';
-import { extractApiKey, keyFingerprint, resolveApp } from '../attribution.js';
-import type { BudgetGate, BudgetReservation } from '../budgets/types.js';
+import { cachedKeyFingerprint, extractApiKey, resolveApp } from '../attribution.js';
+import type { BudgetDecision, BudgetGate, BudgetReservation } from '../budgets/types.js';
 import { classifyResponse } from '../decoders/classify.js';
 import { estimateUsage } from '../decoders/estimate.js';
 import { createDecoder } from '../decoders/index.js';
-import { parseRateLimitHeaders } from '../decoders/ratelimit.js';
+import { describeMalformedBody } from '../decoders/shared.js';
+import { hasRateLimitHeaders, parseRateLimitHeaders } from '../decoders/ratelimit.js';
 import type { DecodedResponse, DecoderRequestInfo, RateLimitInfo, UsageDecoder } from '../decoders/types.js';
 import type { Logger } from '../log.js';
 import type { PriceBook, PriceResult } from '../pricing/types.js';
 import type { ErrorType, RequestRecord, Usage, UsageSource } from '../record.js';
 import { SseParser } from '../sse/parser.js';
-import type { HealthCounters, RequestStart, Sink } from '../sinks/types.js';
+import type { HealthCounters, RequestStart, Sink, SinkRequest } from '../sinks/types.js';
 import { encodingFrom, SideCopy } from './side-copy.js';
-import type { Meter, MeterBeginInput, MeterOutcome, Rejection, RequestMeter } from './types.js';
+import type { FinishExtra, Meter, MeterBeginInput, MeterOutcome, Rejection, RequestMeter } from './types.js';
 
 export interface MeterDeps {
   sinks: readonly Sink[];
@@ -41,16 +42,20 @@ export interface MeterDeps {
   maxEventBytes: number;
   /** Largest non-streamed response body buffered for metering; above it usage is `missing`. */
   maxResponseBodyBytes: number;
+  /** tokenmeter_proxy_overhead_seconds, observed once per request off the response path. */
+  onOverhead?: (upstream: string, seconds: number) => void;
   now?: () => number;
 }
 
 /** Error bodies are classified from their first bytes only. */
 const ERROR_BODY_CAP = 64 * 1024;
 const MESSAGE_CAP = 500;
+/** First bytes of a stream kept to describe (or decode) a stream that carried no SSE event. */
+const STREAM_HEAD_CAP = 64 * 1024;
 
 export function createMeter(deps: MeterDeps): Meter {
-  let inflight = 0;
   const now = deps.now ?? Date.now;
+  const fingerprint = cachedKeyFingerprint(deps.keySecret);
 
   /** Run a step that must never reach traffic. */
   const guard = <T>(component: string, fallback: T, fn: () => T): T => {
@@ -67,11 +72,8 @@ export function createMeter(deps: MeterDeps): Meter {
   };
 
   return {
-    inflight: () => inflight,
     begin(input: MeterBeginInput): RequestMeter {
-      inflight++;
-      const m = new RequestMeterImpl(input, deps, now, guard, () => inflight--);
-      return m;
+      return new RequestMeterImpl(input, deps, now, guard, fingerprint);
     },
   };
 }
@@ -89,6 +91,8 @@ class RequestMeterImpl implements RequestMeter {
   private readonly decoderInfo: DecoderRequestInfo;
   private reservation: BudgetReservation | undefined;
   private traceId: string | null = null;
+  /** Sinks that began this request, with their handles; the record goes to `handle.end`. */
+  private readonly begun: Array<{ sink: Sink; handle: SinkRequest }> = [];
 
   private status: number | null = null;
   private responseHeaders: IncomingHttpHeaders = {};
@@ -102,24 +106,28 @@ class RequestMeterImpl implements RequestMeter {
   private bodyOverflow = false;
   private finished = false;
   private notes: string[] = [];
+  private sseEvents = 0;
+  private eventlessStream: string | undefined;
+  private streamHead: Buffer[] = [];
+  private streamHeadBytes = 0;
 
   constructor(
     private readonly input: MeterBeginInput,
     private readonly deps: MeterDeps,
     private readonly now: () => number,
     private readonly guard: Guard,
-    private readonly onDone: () => void,
+    fingerprint: (apiKey: string) => string,
   ) {
     const { info } = input;
     const apiKey = extractApiKey(input.headers);
-    this.keyId = apiKey === undefined ? null : keyFingerprint(deps.keySecret, apiKey);
+    this.keyId = apiKey === undefined ? null : guard('attribution', null, () => fingerprint(apiKey));
     const app = resolveApp({
       headers: input.headers,
       keyId: this.keyId ?? undefined,
       apps: deps.apps,
       routeApp: input.routeApp,
     });
-    const tsStart = now();
+    const tsStart = input.tsStart ?? now();
     this.start = {
       id: newRecordId(tsStart),
       ts_start: tsStart,
@@ -135,31 +143,42 @@ class RequestMeterImpl implements RequestMeter {
     };
     this.decoderInfo = { operation: info.operation, model: info.model, stream: info.stream, body: info.body };
     if (info.tooLargeToMeter) this.notes.push('request_too_large_to_meter');
+    if (info.modelTruncated) this.notes.push('model_name_truncated');
+    // The response is decoded by path and content type even when the request body could not be
+    // read (over the cap): its usage is still reported, and priced by the response's model.
     this.decoder =
-      info.operation === 'other' || info.tooLargeToMeter
+      info.operation === 'other'
         ? undefined
         : guard('decoder', undefined, () => createDecoder(this.decoderInfo));
 
     // Budgets gate only operations that cost money: /v1/models, count_tokens, /v1/balance stay open
     // so a blocked app can still list models and check its balance.
-    const decision =
+    const decision: BudgetDecision | undefined =
       deps.budgets && info.operation !== 'other'
-        ? guard('budgets', undefined, () => deps.budgets!.check(this.start))
+        ? guard('budgets', undefined, () =>
+            deps.budgets!.check(this.start, {
+              body: info.body,
+              bodyUnreadable: info.tooLargeToMeter,
+              requestBytes: input.requestBytes,
+            }),
+          )
         : undefined;
     if (decision?.blocked) {
-      this.rejection = budgetRejection(info.operation, decision.message);
+      this.rejection = budgetRejection(decision.reason, decision.message);
       this.rejectionMessage = decision.message;
       this.notes.push(`budget_blocked:${decision.budget}`);
     } else if (decision) {
       this.reservation = decision.reservation;
     }
+    if (this.rejection) return; // nothing is sent upstream: no span context to propagate
 
     for (const sink of deps.sinks) {
       if (!sink.begin) continue;
-      const r = guard(`sink:${sink.name}`, undefined, () => sink.begin!(this.start));
-      if (!r) continue;
-      if (r.upstreamHeaders) Object.assign(this.upstreamHeaders, r.upstreamHeaders);
-      if (r.traceId) this.traceId = r.traceId;
+      const handle = guard(`sink:${sink.name}`, undefined, () => sink.begin!(this.start));
+      if (!handle) continue;
+      this.begun.push({ sink, handle });
+      if (handle.upstreamHeaders) Object.assign(this.upstreamHeaders, handle.upstreamHeaders);
+      if (handle.traceId) this.traceId = handle.traceId;
     }
   }
 
@@ -167,10 +186,6 @@ class RequestMeterImpl implements RequestMeter {
     this.guard('meter', undefined, () => {
       this.status = status;
       this.responseHeaders = headers;
-      if (this.deps.onRateLimit) {
-        const rl = parseRateLimitHeaders(headers);
-        this.deps.onRateLimit(this.input.upstream, rl);
-      }
       const ct = String(headers['content-type'] ?? '').toLowerCase();
       const isSse =
         ct.includes('text/event-stream') || (this.input.info.stream && status < 300 && !ct.includes('json'));
@@ -183,14 +198,26 @@ class RequestMeterImpl implements RequestMeter {
         const decoder = this.decoder;
         this.sse = new SseParser({
           maxEventBytes: this.deps.maxEventBytes,
-          onEvent: (e) => this.guard('decoder', undefined, () => decoder.onEvent(e)),
+          onEvent: (e) => {
+            this.sseEvents++;
+            this.guard('decoder', undefined, () => decoder.onEvent(e));
+          },
           onOversize: () => {
             this.deps.health.sseOversize(this.input.upstream);
             this.notes.push('sse_event_over_cap');
           },
         });
         const sse = this.sse;
-        this.sideCopy = new SideCopy(enc, (chunk) => this.guard('sse', undefined, () => sse.feed(chunk)));
+        this.sideCopy = new SideCopy(enc, (chunk) => {
+          // The stream's first bytes are kept: if it turns out to carry no SSE event at all (an
+          // HTML page or a JSON body labelled text/event-stream), they say what it was.
+          if (this.streamHeadBytes < STREAM_HEAD_CAP) {
+            const part = chunk.subarray(0, STREAM_HEAD_CAP - this.streamHeadBytes);
+            this.streamHead.push(Buffer.from(part));
+            this.streamHeadBytes += part.length;
+          }
+          this.guard('sse', undefined, () => sse.feed(chunk));
+        });
       } else {
         // Non-streamed (or error) body: buffer the decoded copy, capped.
         const wantBody = this.decoder !== undefined || status >= 400 || this.deps.capture !== undefined;
@@ -213,31 +240,122 @@ class RequestMeterImpl implements RequestMeter {
     if (this.firstByteAt === undefined) this.firstByteAt = this.now();
   }
 
-  finish(outcome: MeterOutcome): void {
-    if (this.finished) return;
+  finish(outcome: MeterOutcome, extra: FinishExtra = {}): Promise<void> {
+    if (this.finished) return Promise.resolve();
     this.finished = true;
     const tsEnd = this.now();
-    const complete = (): void => {
-      // Off the response path: the proxy has already ended (or is ending) the client response.
-      setImmediate(() => {
-        const record = this.guard('meter', undefined, () => this.buildRecord(outcome, tsEnd));
-        this.onDone();
-        if (!record) return;
-        this.emit(record);
-      });
-    };
-    if (this.sideCopy) {
+    return new Promise<void>((resolve) => {
+      // Off the response path: the exchange has already ended (or is ending) the client response;
+      // everything below runs on a later turn of the event loop.
+      const complete = (): void => {
+        setImmediate(() => {
+          try {
+            this.endStep(outcome, tsEnd, extra);
+          } finally {
+            resolve();
+          }
+        });
+      };
       const side = this.sideCopy;
-      this.guard('meter', undefined, () =>
+      if (!side) return complete();
+      try {
         side.end(() => {
           if (this.sse) this.guard('sse', undefined, () => this.sse!.end());
           if (side.error) this.notes.push(side.error);
           complete();
-        }),
+        });
+      } catch (err) {
+        this.guard('meter', undefined, () => {
+          throw err;
+        });
+        complete();
+      }
+    });
+  }
+
+  /** The end step: exactly one record (a fallback one if building fails), every sink, the budget. */
+  private endStep(outcome: MeterOutcome, tsEnd: number, extra: FinishExtra): void {
+    let record: RequestRecord;
+    try {
+      record = this.buildRecord(outcome, tsEnd);
+    } catch (err) {
+      this.deps.health.internalError('record');
+      this.deps.log.once(
+        'meter-record',
+        'error',
+        'building a request record failed; a minimal one is written',
+        {
+          error: err instanceof Error ? err.message : String(err),
+        },
       );
-    } else {
-      complete();
+      record = this.fallbackRecord(outcome, tsEnd, err);
     }
+    this.emit(record);
+    if (
+      this.deps.onRateLimit &&
+      outcome.kind !== 'rejected' &&
+      this.status !== null &&
+      hasRateLimitHeaders(this.responseHeaders)
+    ) {
+      const headers = this.responseHeaders;
+      this.guard('ratelimit', undefined, () =>
+        this.deps.onRateLimit!(this.input.upstream, parseRateLimitHeaders(headers)),
+      );
+    }
+    if (this.deps.onOverhead && extra.overheadSeconds !== undefined) {
+      const s = extra.overheadSeconds;
+      this.guard('metrics', undefined, () => this.deps.onOverhead!(this.input.upstream, s));
+    }
+  }
+
+  /**
+   * The record when building the real one threw: what the request start knew, the outcome, and
+   * the failure named in `note`. Usage and cost are unknown (NULL), never 0.
+   */
+  private fallbackRecord(outcome: MeterOutcome, tsEnd: number, err: unknown): RequestRecord {
+    const { info } = this.input;
+    const message = err instanceof Error ? err.message : String(err);
+    return {
+      id: this.start.id,
+      ts_start: this.start.ts_start,
+      ts_end: tsEnd,
+      duration_ms: tsEnd - this.start.ts_start,
+      ttft_ms: null,
+      upstream: this.input.upstream,
+      method: this.input.method,
+      path: this.input.path,
+      operation: info.operation,
+      request_model: info.model ?? null,
+      response_model: null,
+      app: this.start.app,
+      key_id: this.keyId,
+      user: info.user ?? null,
+      stream: info.stream,
+      http_status: outcome.kind === 'rejected' ? (this.rejection?.status ?? null) : this.status,
+      error_type: errorTypeFor(outcome, null),
+      error_message: null,
+      finish_reason: null,
+      input_tokens: null,
+      cache_read_tokens: null,
+      cache_write_tokens: null,
+      cache_write_1h_tokens: null,
+      output_tokens: null,
+      reasoning_tokens: null,
+      images: null,
+      usage_source: this.decoder ? 'missing' : 'none',
+      cost_nanos: null,
+      currency: null,
+      cost_source: null,
+      price_id: null,
+      multiplier: null,
+      upstream_reported_cost_nanos: null,
+      upstream_reported_currency: null,
+      trace_id: this.traceId,
+      request_bytes: this.input.requestBytes,
+      response_bytes: this.responseBytes,
+      upstream_request_id: null,
+      note: `record_build_failed: ${message}`.slice(0, MESSAGE_CAP),
+    };
   }
 
   private collect(chunk: Buffer): void {
@@ -260,11 +378,20 @@ class RequestMeterImpl implements RequestMeter {
     let decoded: DecodedResponse | undefined;
     if (this.decoder) {
       const decoder = this.decoder;
-      if (bodyText !== undefined && !this.sse && status !== null && status < 400) {
-        if (this.bodyOverflow) this.notes.push('response_too_large_to_meter');
-        else this.guard('decoder', undefined, () => decoder.onBody(bodyText));
+      if (bodyText !== undefined && !this.sse && status !== null && status < 400 && !this.bodyOverflow) {
+        this.guard('decoder', undefined, () => decoder.onBody(bodyText));
+      }
+      if (this.sse && this.sseEvents === 0 && this.streamHeadBytes > 0 && status !== null && status < 300) {
+        this.guard('decoder', undefined, () => this.decodeEventlessStream(decoder));
       }
       decoded = this.guard('decoder', undefined, () => decoder.result());
+      if (
+        this.eventlessStream !== undefined &&
+        decoded &&
+        decoded.bodyMalformed === undefined &&
+        !decoded.usageReported
+      )
+        decoded = { ...decoded, bodyMalformed: this.eventlessStream };
     }
 
     const classification =
@@ -279,34 +406,22 @@ class RequestMeterImpl implements RequestMeter {
             }),
           );
 
-    const errorType = errorTypeFor(outcome, classification?.errorType ?? null);
+    // A 2xx body that is not what the endpoint speaks (an HTML page from a CDN, plain text) is an
+    // upstream failure, whatever its status says.
+    const malformed =
+      outcome.kind === 'complete' && status !== null && status < 300 ? decoded?.bodyMalformed : undefined;
+    const errorType = errorTypeFor(
+      outcome,
+      classification?.errorType ?? (malformed ? 'upstream_error' : null),
+    );
     const errorMessage = messageFor(
       outcome,
-      classification?.message ?? decoded?.streamError?.message,
+      classification?.message ?? decoded?.streamError?.message ?? malformed,
       this.rejectionMessage,
     );
 
-    // Usage: reported > estimated > missing; `none` where the operation or response has no usage.
-    let usage: Usage = {};
-    let usageSource: UsageSource;
-    const responded = status !== null && outcome.kind !== 'rejected';
-    if (!this.decoder || !responded || (status !== null && status >= 400 && !decoded?.usageReported)) {
-      usageSource = 'none';
-    } else if (decoded?.usageReported) {
-      usage = decoded.usage;
-      usageSource = 'reported';
-    } else {
-      const est = decoded
-        ? this.guard('estimate', undefined, () => estimateUsage(this.decoderInfo, decoded!))
-        : undefined;
-      if (est) {
-        usage = est;
-        usageSource = 'estimated';
-      } else {
-        usageSource = 'missing';
-        this.notes.push('usage_missing');
-      }
-    }
+    const { usage, usageSource } = this.usageFor(outcome, status, decoded);
+    if (decoded?.notes) this.notes.push(...decoded.notes);
 
     let price: PriceResult | undefined;
     if (usageSource === 'reported' || usageSource === 'estimated') {
@@ -377,9 +492,61 @@ class RequestMeterImpl implements RequestMeter {
     };
   }
 
+  /**
+   * A 2xx "stream" that carried no SSE event at all. A whole JSON body labelled text/event-stream
+   * is decoded as a body; anything else (an HTML page) is described, never read as zero usage.
+   */
+  private decodeEventlessStream(decoder: UsageDecoder): void {
+    const head = Buffer.concat(this.streamHead).toString('utf8');
+    const whole = this.streamHeadBytes < STREAM_HEAD_CAP;
+    if (whole && head.trimStart().startsWith('{')) decoder.onBody(head);
+    else this.eventlessStream = describeMalformedBody(head);
+  }
+
+  /**
+   * Usage: reported > estimated > missing; `none` where the operation or response has no usage.
+   * A request that may have reached the upstream but got no response head (client abort, idle
+   * timeout, connection lost after sending) may still be billed for its input: its input is
+   * estimated from the request body and its output stays unknown.
+   */
+  private usageFor(
+    outcome: MeterOutcome,
+    status: number | null,
+    decoded: DecodedResponse | undefined,
+  ): { usage: Usage; usageSource: UsageSource } {
+    if (!this.decoder || outcome.kind === 'rejected' || outcome.kind === 'internal')
+      return { usage: {}, usageSource: 'none' };
+    if (status === null) {
+      const reached = 'reachedUpstream' in outcome && outcome.reachedUpstream === true;
+      if (!reached) return { usage: {}, usageSource: 'none' };
+      const input = this.guard('estimate', undefined, () => estimateInputOnly(this.decoderInfo));
+      if (input !== undefined) return { usage: { input }, usageSource: 'estimated' };
+      this.notes.push('usage_missing');
+      return { usage: {}, usageSource: 'missing' };
+    }
+    if (status >= 400 && !decoded?.usageReported) return { usage: {}, usageSource: 'none' };
+    if (decoded?.usageReported) return { usage: decoded.usage, usageSource: 'reported' };
+    if (decoded?.bodyMalformed || this.bodyOverflow) {
+      if (this.bodyOverflow) this.notes.push('response_too_large_to_meter');
+      this.notes.push('usage_missing');
+      return { usage: {}, usageSource: 'missing' };
+    }
+    const est = decoded
+      ? this.guard('estimate', undefined, () => estimateUsage(this.decoderInfo, decoded))
+      : undefined;
+    if (est) return { usage: est, usageSource: 'estimated' };
+    this.notes.push('usage_missing');
+    return { usage: {}, usageSource: 'missing' };
+  }
+
   private emit(record: RequestRecord): void {
+    const begun = new Set<Sink>();
+    for (const { sink, handle } of this.begun) {
+      begun.add(sink);
+      this.guard(`sink:${sink.name}`, undefined, () => handle.end(record));
+    }
     for (const sink of this.deps.sinks) {
-      this.guard(`sink:${sink.name}`, undefined, () => sink.write(record));
+      if (!begun.has(sink)) this.guard(`sink:${sink.name}`, undefined, () => sink.write(record));
     }
     if (this.reservation) {
       const r = this.reservation;
@@ -392,6 +559,11 @@ class RequestMeterImpl implements RequestMeter {
       this.guard('capture', undefined, () => this.deps.capture!(record.id, req, body));
     }
   }
+}
+
+/** Input tokens counted locally from the request body alone (no response was seen). */
+function estimateInputOnly(info: DecoderRequestInfo): number | undefined {
+  return estimateUsage(info, { usage: {}, usageReported: false, outputText: '' })?.input;
 }
 
 function headerValue(headers: IncomingHttpHeaders, name: string): string | undefined {
@@ -410,7 +582,9 @@ function errorTypeFor(outcome: MeterOutcome, classified: ErrorType | null): Erro
     case 'upstream_reset':
       return 'upstream_error';
     case 'rejected':
-      return 'rate_limited';
+      return 'budget_exceeded';
+    case 'internal':
+      return 'internal_error';
     case 'complete':
       return classified;
   }
@@ -422,7 +596,7 @@ function messageFor(
   rejectionMessage: string | undefined,
 ): string | null {
   const msg =
-    outcome.kind === 'network' || outcome.kind === 'upstream_reset'
+    outcome.kind === 'network' || outcome.kind === 'upstream_reset' || outcome.kind === 'internal'
       ? outcome.message
       : outcome.kind === 'timeout'
         ? `upstream ${outcome.phase} timeout`
@@ -432,15 +606,15 @@ function messageFor(
   return msg === undefined ? null : msg.slice(0, MESSAGE_CAP);
 }
 
-/** 429 shaped like the endpoint's own errors, so SDKs surface the message (§9). */
-export function budgetRejection(operation: string, message: string): Rejection {
-  const body =
-    operation === 'messages'
-      ? { type: 'error', error: { type: 'rate_limit_error', message } }
-      : { error: { message, type: 'insufficient_quota', code: 'budget_exceeded' } };
-  return {
-    status: 429,
-    headers: { 'content-type': 'application/json', 'x-tokenmeter-blocked': 'budget' },
-    body: JSON.stringify(body),
-  };
+/**
+ * A budget block (§9): 429 when the budget is used up, 413 when the request body is over the
+ * metering cap and so cannot be checked against a `block` budget. The proxy shapes the body per
+ * endpoint; `x-should-retry: false` tells the OpenAI and Anthropic SDKs not to retry it (they
+ * retry 429 by default, and a used-up budget does not come back in a second).
+ */
+export function budgetRejection(reason: 'exhausted' | 'unmeterable', message: string): Rejection {
+  const headers = { 'x-tokenmeter-blocked': 'budget', 'x-should-retry': 'false' };
+  return reason === 'unmeterable'
+    ? { status: 413, type: { openai: 'budget_exceeded', anthropic: 'request_too_large' }, message, headers }
+    : { status: 429, type: { openai: 'budget_exceeded', anthropic: 'rate_limit_error' }, message, headers };
 }

@@ -25,6 +25,9 @@ export function operationFor(method: string, path: string): Operation {
   return 'other';
 }
 
+/** Longest request model name kept; longer ones are cut and the record notes it. */
+export const MAX_MODEL_CHARS = 256;
+
 function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
@@ -49,11 +52,17 @@ export function inspectRequest(
   }
   if (!isObject(json)) return info;
   info.body = json;
-  if (typeof json.model === 'string') info.model = json.model;
+  if (typeof json.model === 'string') {
+    // A model name is stored, labelled and logged: cap it (a 1 MB "model" is junk or an attack).
+    if (json.model.length > MAX_MODEL_CHARS) {
+      info.model = json.model.slice(0, MAX_MODEL_CHARS);
+      info.modelTruncated = true;
+    } else info.model = json.model;
+  }
   info.stream = json.stream === true;
-  if (typeof json.user === 'string') info.user = json.user;
+  if (typeof json.user === 'string') info.user = json.user.slice(0, MAX_MODEL_CHARS);
   else if (isObject(json.metadata) && typeof json.metadata.user_id === 'string')
-    info.user = json.metadata.user_id;
+    info.user = json.metadata.user_id.slice(0, MAX_MODEL_CHARS);
   const so = json.stream_options;
   info.asksForUsage = isObject(so) && so.include_usage === true;
   return info;

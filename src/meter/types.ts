@@ -10,6 +10,8 @@ import type { Operation } from '../record.js';
 export interface RequestInfo {
   operation: Operation;
   model?: string;
+  /** The body's model name was longer than the cap and was cut (record note). */
+  modelTruncated?: boolean;
   stream: boolean;
   /** `user` or `metadata.user_id` from the body. Audit log only. */
   user?: string;
@@ -35,20 +37,31 @@ export interface MeterBeginInput {
   requestBytes: number;
   /** The proxy added stream_options.include_usage (§3.3), so usage is expected even if the client did not ask. */
   injectedUsage: boolean;
+  /** When the request's first byte arrived (epoch ms); the record's ts_start. */
+  tsStart?: number;
 }
 
-/** Endpoint-shaped error the proxy must send instead of forwarding (budget block). */
+/** An answer tokenmeter gives instead of forwarding (budget block); the proxy shapes it per endpoint. */
 export interface Rejection {
   status: number;
+  /** Error type in each wire format's vocabulary. */
+  type: { openai: string; anthropic: string };
+  message: string;
+  /** Extra response headers (e.g. x-should-retry: false, so SDKs do not retry a budget block). */
   headers: Record<string, string>;
-  body: string;
 }
 
+/**
+ * How an exchange ended. `reachedUpstream`: the whole request had been written to the upstream, so
+ * a generation may have started and been billed even though no response head came back.
+ */
 export type MeterOutcome =
   | { kind: 'complete' }
-  | { kind: 'client_abort' }
-  | { kind: 'timeout'; phase: 'connect' | 'idle' }
-  | { kind: 'network'; message: string }
+  | { kind: 'client_abort'; reachedUpstream?: boolean }
+  | { kind: 'timeout'; phase: 'connect' | 'idle'; reachedUpstream?: boolean }
+  | { kind: 'network'; message: string; reachedUpstream?: boolean }
+  /** tokenmeter itself failed handling the request (the client got a 500). */
+  | { kind: 'internal'; message: string }
   /** The upstream connection broke after the response head (reset mid-stream). */
   | { kind: 'upstream_reset'; message: string }
   | { kind: 'rejected' };
@@ -63,12 +76,20 @@ export interface RequestMeter {
   onResponseChunk(chunk: Buffer): void;
   /** The first response body byte was written to the client (time to first token for streams). */
   onFirstByteToClient(): void;
-  /** Exactly once. Builds the record and hands it to the sinks (asynchronously, off the response path). */
-  finish(outcome: MeterOutcome): void;
+  /**
+   * Exactly once, after the response was flushed. Builds the record on a later turn of the event
+   * loop (a minimal fallback record if building throws), hands it to every sink, settles the budget
+   * reservation; resolves when that is done. Never rejects.
+   */
+  finish(outcome: MeterOutcome, extra?: FinishExtra): Promise<void>;
+}
+
+export interface FinishExtra {
+  /** Time tokenmeter itself added on the request path (tokenmeter_proxy_overhead_seconds). */
+  overheadSeconds?: number;
 }
 
 export interface Meter {
+  /** Never throws: a failure inside is counted and a minimal meter is returned. */
   begin(input: MeterBeginInput): RequestMeter;
-  /** Requests begun and not yet finished. */
-  inflight(): number;
 }

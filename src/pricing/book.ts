@@ -12,7 +12,7 @@ import type { Logger } from '../log.js';
 import type { Operation, Usage } from '../record.js';
 import { Dec, nanosToSafeNumber, parseDecimal, unitsToNanos } from './money.js';
 import { PRICE_UNITS, type PriceEntry, type PriceTable } from './table.js';
-import type { PriceBook, PriceQuery, PriceResult } from './types.js';
+import type { BoundingPriceBook, MaxCostQuery, MaxCostResult, PriceQuery, PriceResult } from './types.js';
 
 export interface PricedUpstream {
   name: string;
@@ -61,6 +61,17 @@ export function priceIdOf(table: PriceTable, entry: PriceEntry): string {
 
 const MAX_UNPRICED_WARNINGS = 200;
 
+/**
+ * Output tokens assumed for a request that states no `max_tokens` when its price entry states no
+ * `max_output_tokens`: 128 Ki, at least the documented maximum of every model family in the
+ * bundled presets (GPT-5 128,000; Claude 3.7 Sonnet with its 128k beta; GLM-4.5+ up to 128K). A
+ * bound that is too low would let concurrent requests overshoot a budget; docs/budgets.md.
+ */
+export const DEFAULT_MAX_OUTPUT_TOKENS = 131_072;
+
+/** Operations that generate no output tokens: their bound is the input alone. */
+const NO_OUTPUT: ReadonlySet<Operation> = new Set(['embeddings']);
+
 /** Operations whose cost depends on output tokens: an unreported output count makes the cost unknown. */
 const OUTPUT_BILLED: ReadonlySet<Operation> = new Set([
   'chat',
@@ -70,7 +81,7 @@ const OUTPUT_BILLED: ReadonlySet<Operation> = new Set([
   'other',
 ]);
 
-export class TablePriceBook implements PriceBook {
+export class TablePriceBook implements BoundingPriceBook {
   private readonly user: IndexedTable[];
   private readonly presets: IndexedTable[];
   private readonly upstreams: Map<string, PricedUpstream>;
@@ -220,6 +231,61 @@ export class TablePriceBook implements PriceBook {
       }
     }
     return result;
+  }
+
+  /**
+   * The most a request can cost (a budget reserves it before the request is sent): every input
+   * token at the highest input-side rate (input, cache read, cache writes: we cannot know which
+   * the upstream will bill), every output token at the higher of output and reasoning, plus the
+   * per-request fee and per-image price, times the multiplier stack, rounded up. Unpriced: null.
+   */
+  maxCost(query: MaxCostQuery): MaxCostResult {
+    const model = query.model;
+    if (model === undefined || model === '')
+      return { cost_nanos: null, reason: 'the request names no model' };
+    const match = this.lookup(model, query.upstream, query.at);
+    if (!match)
+      return { cost_nanos: null, reason: `no price entry for model ${model} on upstream ${query.upstream}` };
+    const p = match.entry.prices;
+    const choices = query.choices ?? 1;
+    const modelMax = match.entry.maxOutputTokens;
+    let perChoice: number;
+    let outputFrom: 'request' | 'model' | 'default';
+    if (
+      query.requestedOutputTokens !== undefined &&
+      (modelMax === undefined || query.requestedOutputTokens <= modelMax)
+    ) {
+      perChoice = query.requestedOutputTokens;
+      outputFrom = 'request';
+    } else if (modelMax !== undefined) {
+      // The provider rejects or clamps a max_tokens above the model's maximum.
+      perChoice = modelMax;
+      outputFrom = 'model';
+    } else {
+      perChoice = DEFAULT_MAX_OUTPUT_TOKENS;
+      outputFrom = 'default';
+    }
+    const outputTokens = NO_OUTPUT.has(query.operation) ? 0 : perChoice * choices;
+    const inputRate = maxDec(p.input, p.cache_read, p.cache_write, p.cache_write_1h);
+    const outputRate = maxDec(p.output, p.reasoning);
+    const unit = new Dec(PRICE_UNITS[match.table.unit]);
+    let units = new Dec(query.inputTokens)
+      .times(inputRate)
+      .plus(new Dec(outputTokens).times(outputRate))
+      .div(unit);
+    if (p.per_request !== undefined) units = units.plus(p.per_request);
+    if (p.per_image !== undefined && query.operation === 'image_generation')
+      units = units.plus(p.per_image.times(choices));
+    units = units.times(this.multiplierFor(query.upstream, query.app, model));
+    // A bound rounds up: rounding down could admit a request a nano over the limit.
+    const nanos = BigInt(units.times(1_000_000_000).toDecimalPlaces(0, Dec.ROUND_CEIL).toFixed(0));
+    return {
+      cost_nanos: nanos,
+      currency: match.entry.currency,
+      price_id: match.priceId,
+      output_tokens: outputTokens,
+      output_from: outputFrom,
+    };
   }
 
   private computed(
@@ -375,6 +441,10 @@ export function costInUnits(
   if (p.per_image !== undefined && usage.images !== undefined)
     units = units.plus(p.per_image.times(usage.images));
   return { units };
+}
+
+function maxDec(first: Dec, ...rest: Dec[]): Dec {
+  return rest.reduce((max, d) => (d.greaterThan(max) ? d : max), first);
 }
 
 function indexTable(table: PriceTable, origin: TableOrigin): IndexedTable {

@@ -21,6 +21,8 @@ export interface ImportedEntry {
   per_request?: Dec;
   /** Never set by the importers (neither source prices images per image); kept so MONEY_KEYS fits. */
   per_image?: Dec;
+  /** The model's maximum output per request, when the source states it (LiteLLM does). */
+  max_output_tokens?: number;
   note?: string;
 }
 
@@ -96,6 +98,10 @@ export function importLitellm(json: unknown, opts: { currency?: string; source: 
       result.skipped.push({ model, reason: 'a price field is not a number' });
       continue;
     }
+    // LiteLLM states the documented output cap; budgets reserve it for requests without max_tokens.
+    const maxOut = info.max_output_tokens;
+    if (typeof maxOut === 'number' && Number.isSafeInteger(maxOut) && maxOut > 0)
+      entry.max_output_tokens = maxOut;
     if (typeof info.input_cost_per_request === 'number')
       entry.per_request = parseDecimal(info.input_cost_per_request);
     if (Object.keys(info).some((k) => /above_\d+k?_tokens/.test(k)))
@@ -231,6 +237,7 @@ export function importToYaml(result: ImportResult, date: string): string {
       const v = e[k];
       if (v !== undefined) lines.push(`    ${k}: ${v.toFixed()}`);
     }
+    if (e.max_output_tokens !== undefined) lines.push(`    max_output_tokens: ${e.max_output_tokens}`);
     lines.push(`    source: ${JSON.stringify(result.source)}`, `    date: ${date}`);
     if (e.note) lines.push(`    note: ${JSON.stringify(e.note)}`);
   }

@@ -11,9 +11,23 @@ import type { Logger } from '../log.js';
 import { TablePriceBook, type PricedUpstream } from './book.js';
 import { loadPriceTable, type PriceTable } from './table.js';
 
-export { TablePriceBook, costInUnits, priceIdOf, type PricedUpstream, type PriceMatch } from './book.js';
+export {
+  TablePriceBook,
+  costInUnits,
+  priceIdOf,
+  DEFAULT_MAX_OUTPUT_TOKENS,
+  type PricedUpstream,
+  type PriceMatch,
+} from './book.js';
 export { loadPriceTable, parsePriceTable, type PriceEntry, type PriceTable } from './table.js';
-export type { PriceBook, PriceQuery, PriceResult } from './types.js';
+export type {
+  BoundingPriceBook,
+  MaxCostQuery,
+  MaxCostResult,
+  PriceBook,
+  PriceQuery,
+  PriceResult,
+} from './types.js';
 
 /** The bundled presets, resolved from the package root (works from src/pricing and dist/pricing). */
 export const PRESETS_DIR = fileURLToPath(new URL('../../prices/', import.meta.url));

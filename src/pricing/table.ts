@@ -34,6 +34,11 @@ export interface PriceEntry {
   prices: ResolvedPrices;
   /** The values as written in the file (for `prices list` and for recomputing by hand). */
   written: Record<string, string>;
+  /**
+   * The model's documented maximum output tokens per request (`max_output_tokens`), when the entry
+   * states it. Budgets use it to bound what a request without `max_tokens` can cost (docs/budgets.md).
+   */
+  maxOutputTokens: number | undefined;
   /** Epoch ms from which the entry is in force; undefined = always. */
   effectiveFromMs: number | undefined;
   effectiveFrom: string | undefined;
@@ -84,6 +89,7 @@ const ENTRY_KEYS = new Set<string>([
   'upstream',
   'currency',
   ...MONEY_KEYS,
+  'max_output_tokens',
   'effective_from',
   'source',
   'date',
@@ -263,6 +269,7 @@ function parseEntry(
   for (const k of ['input', 'output'] as const)
     if (!f.has(k)) problem(map, `${prefix}.${k}`, `required: price per unit of ${k} tokens (0 if free)`);
 
+  const maxOutputTokens = tokenCountField(f.get('max_output_tokens'), `${prefix}.max_output_tokens`, problem);
   const effective = dateField(f.get('effective_from'), `${prefix}.effective_from`, problem);
   const source = stringField(f.get('source'), `${prefix}.source`, problem);
   const date = dateField(f.get('date'), `${prefix}.date`, problem);
@@ -294,6 +301,7 @@ function parseEntry(
       per_image: money.per_image,
     },
     written,
+    maxOutputTokens,
     effectiveFromMs: effective?.ms,
     effectiveFrom: effective?.text,
     source,
@@ -390,6 +398,24 @@ function decimalField(pair: Pair | undefined, field: string, problem: Problem): 
     return undefined;
   }
   return value.abs();
+}
+
+/** Tokens a model can produce at most per request: a positive whole number of plausible size. */
+const MAX_TOKEN_COUNT = 100_000_000;
+
+function tokenCountField(pair: Pair | undefined, field: string, problem: Problem): number | undefined {
+  if (!pair) return undefined;
+  const node = pair.value as Node | null;
+  const value = isScalar(node) ? node.value : undefined;
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 1 || value > MAX_TOKEN_COUNT) {
+    problem(
+      node ?? pair.key,
+      field,
+      `expected a positive whole number of tokens such as 16384 (at most ${MAX_TOKEN_COUNT})`,
+    );
+    return undefined;
+  }
+  return value;
 }
 
 const DAY = /^(\d{4})-(\d{2})-(\d{2})$/;

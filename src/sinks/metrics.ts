@@ -7,6 +7,7 @@
  * request id. Unknown is not zero: a null token count or cost adds no sample at all.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { BudgetStatus } from '../budgets/types.js';
 import type { RateLimitInfo } from '../decoders/types.js';
 import { nanosToUnits } from '../pricing/money.js';
 import type { RequestRecord } from '../record.js';
@@ -22,7 +23,7 @@ import {
   OTHER,
   UNKNOWN,
 } from '../semconv.js';
-import type { HealthCounters, RequestStart, Sink } from './types.js';
+import type { HealthCounters, Sink } from './types.js';
 
 export interface MetricsSinkOptions {
   registry?: Registry;
@@ -34,13 +35,20 @@ export interface MetricsSinkOptions {
   apps: string[];
   /** Register prom-client's default process metrics (serve: yes; tests: usually no). */
   collectDefault?: boolean;
+  /** Upstream name → host, for the GenAI `server.address` attribute (from config: bounded). */
+  upstreamHosts?: Readonly<Record<string, string>>;
 }
 
 export interface MetricsSink extends Sink, HealthCounters {
   readonly registry: Registry;
   rateLimit(upstream: string, info: RateLimitInfo): void;
   balance(upstream: string, currency: string, amount: number): void;
-  budget(name: string, currency: string, limit: number, spent: number): void;
+  /** Time tokenmeter itself added to one request (tokenmeter_proxy_overhead_seconds). */
+  overhead(upstream: string, seconds: number): void;
+  /** Where the in-flight gauge reads from at scrape time (the proxy's one in-flight count). */
+  setInflightSource(source: () => ReadonlyMap<string, number>): void;
+  /** Where the budget gauges read from at scrape time (budgets' status()). */
+  setBudgetSource(source: () => readonly BudgetStatus[]): void;
   render(): Promise<{ contentType: string; body: string }>;
 }
 
@@ -52,6 +60,8 @@ export const MODEL_LABEL_MAX_LENGTH = 64;
 const DURATION_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600];
 const TTFT_BUCKETS = [0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 20, 60];
 const TPOT_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1];
+// tokenmeter's own added time per request: tens of microseconds when healthy, so fine buckets low.
+const OVERHEAD_BUCKETS = [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1];
 
 /** Normalises a request model into a label candidate: trimmed, lower-cased, length-capped. */
 export function normaliseModel(model: string | null | undefined): string {
@@ -73,6 +83,9 @@ export class BoundedLabel {
     return v;
   }
 }
+
+/** The `type` label values of tokenmeter_tokens_total (a partition of the total). */
+type TokenType = 'input' | 'cache_read' | 'cache_write' | 'output';
 
 export function statusClass(record: Pick<RequestRecord, 'error_type' | 'http_status'>): string {
   if (record.error_type === 'client_abort') return 'abort';
@@ -170,22 +183,44 @@ export function createMetricsSink(opts: MetricsSinkOptions): MetricsSink {
     labelNames: LABELS.upstreamBalance,
     registers: reg,
   });
-  const budgetLimit = new Gauge({
+  // Gauges read at scrape time from their owners (budgets, the proxy's in-flight count), so
+  // nothing on the request path keeps them in step.
+  let budgetSource: () => readonly BudgetStatus[] = () => [];
+  let inflightSource: () => ReadonlyMap<string, number> = () => new Map();
+  new Gauge({
     name: METRIC.budgetLimit,
     help: 'Configured budget limit for the current period, in currency units.',
     labelNames: LABELS.budgetLimit,
     registers: reg,
+    collect() {
+      for (const b of budgetSource())
+        this.set({ budget: b.name, currency: b.currency }, nanosToUnits(b.limit_nanos));
+    },
   });
-  const budgetSpent = new Gauge({
+  new Gauge({
     name: METRIC.budgetSpent,
     help: 'Period-to-date spend in the budget scope, in currency units.',
     labelNames: LABELS.budgetSpent,
     registers: reg,
+    collect() {
+      for (const b of budgetSource())
+        this.set({ budget: b.name, currency: b.currency }, nanosToUnits(b.spent_nanos));
+    },
   });
-  const inflight = new Gauge({
+  new Gauge({
     name: METRIC.inflight,
-    help: 'Requests in flight.',
+    help: 'Requests in flight (from the first byte until their record was handed to the sinks).',
     labelNames: LABELS.inflight,
+    registers: reg,
+    collect() {
+      for (const [upstream, n] of inflightSource()) if (upstream !== '') this.set({ upstream }, n);
+    },
+  });
+  const proxyOverhead = new Histogram({
+    name: METRIC.proxyOverhead,
+    help: 'Time tokenmeter itself added to a request: request read to upstream write, plus upstream bytes to client write, in seconds.',
+    labelNames: LABELS.proxyOverhead,
+    buckets: OVERHEAD_BUCKETS,
     registers: reg,
   });
   const auditQueueDepth = new Gauge({
@@ -234,52 +269,115 @@ export function createMetricsSink(opts: MetricsSinkOptions): MetricsSink {
   const models = new BoundedLabel(opts.maxModels);
   // `default` is the app every unattributed request gets (§4.3), so it is always allowed too.
   const apps = new BoundedLabel(opts.maxApps, new Set([...opts.apps, 'default']));
-  // Upstream host for server.address, learned from begin(); upstream names come from config, so
-  // this map is bounded.
-  const upstreamHosts = new Map<string, string>();
-  // Requests counted in the inflight gauge, so a write without begin never drives it negative.
-  const begun = new Set<string>();
+  const upstreamHosts = opts.upstreamHosts ?? {};
+
+  /**
+   * prom-client label children, cached per (upstream, app, model, operation, stream): looking a
+   * child up by a label object hashes every label on every call, which was a measurable part of
+   * the per-request cost. Bounded because every label is.
+   */
+  // Only what the write path calls, so children of metrics with different label sets fit.
+  type CounterChild = { inc(value?: number): void };
+  type HistogramChild = { observe(value: number): void };
+  interface Children {
+    tokens: Record<TokenType, CounterChild>;
+    reasoning: CounterChild;
+    duration: HistogramChild;
+    ttft: HistogramChild;
+    tpot: HistogramChild;
+    requests: Map<string, CounterChild>;
+    cost: Map<string, CounterChild>;
+    genAi: Record<string, string>;
+    genAiInput: HistogramChild;
+    genAiOutput: HistogramChild;
+    /** gen_ai operation duration children by error type ('' = success: no error.type label). */
+    genAiDuration: Map<string, HistogramChild>;
+    unreported: Map<string, CounterChild>;
+    unpriced: CounterChild | undefined;
+  }
+  const childCache = new Map<string, Children>();
+  const childrenFor = (
+    upstream: string,
+    app: string,
+    model: string,
+    r: RequestRecord,
+    stream: string,
+  ): Children => {
+    const key = `${upstream}\u0000${app}\u0000${model}\u0000${r.operation}\u0000${stream}`;
+    let c = childCache.get(key);
+    if (c) return c;
+    const genAi = {
+      gen_ai_operation_name: GEN_AI_OPERATION_NAME[r.operation],
+      gen_ai_provider_name: GEN_AI_PROVIDER_NAME[r.operation],
+      gen_ai_request_model: model,
+      server_address: upstreamHosts[upstream] ?? upstream,
+    };
+    c = {
+      tokens: {
+        input: tokens.labels({ upstream, app, model, type: 'input' }),
+        cache_read: tokens.labels({ upstream, app, model, type: 'cache_read' }),
+        cache_write: tokens.labels({ upstream, app, model, type: 'cache_write' }),
+        output: tokens.labels({ upstream, app, model, type: 'output' }),
+      },
+      reasoning: reasoningTokens.labels({ upstream, app, model }),
+      duration: requestDuration.labels({ upstream, model, operation: r.operation, stream }),
+      ttft: ttft.labels({ upstream, model }),
+      tpot: tpot.labels({ upstream, model }),
+      requests: new Map(),
+      cost: new Map(),
+      genAi,
+      genAiInput: genAiTokenUsage.labels({ ...genAi, gen_ai_token_type: 'input' }),
+      genAiOutput: genAiTokenUsage.labels({ ...genAi, gen_ai_token_type: 'output' }),
+      genAiDuration: new Map(),
+      unreported: new Map(),
+      unpriced: undefined,
+    };
+    childCache.set(key, c);
+    return c;
+  };
 
   const sink: MetricsSink = {
     name: 'metrics',
     registry,
 
-    begin(start: RequestStart) {
-      if (!upstreamHosts.has(start.upstream)) upstreamHosts.set(start.upstream, start.upstreamUrl.hostname);
-      begun.add(start.id);
-      inflight.inc({ upstream: start.upstream });
-    },
-
     write(r: RequestRecord) {
       const upstream = r.upstream;
-      if (begun.delete(r.id)) inflight.dec({ upstream });
       const model = models.value(normaliseModel(r.request_model));
       const app = apps.value(r.app);
-      const stream = String(r.stream);
+      const stream = r.stream ? 'true' : 'false';
+      const c = childrenFor(upstream, app, model, r, stream);
 
-      requests.inc({
-        upstream,
-        app,
-        model,
-        operation: r.operation,
-        status_class: statusClass(r),
-        error_type: r.error_type ?? NONE,
-        stream,
-      });
-
-      const partition: Array<[string, number | null]> = [
-        ['input', r.input_tokens],
-        ['cache_read', r.cache_read_tokens],
-        ['cache_write', r.cache_write_tokens],
-        ['output', r.output_tokens],
-      ];
-      for (const [type, count] of partition) {
-        if (count !== null) tokens.inc({ upstream, app, model, type }, count);
+      const sc = statusClass(r);
+      const et = r.error_type ?? NONE;
+      const rk = `${sc}\u0000${et}`;
+      let req = c.requests.get(rk);
+      if (!req) {
+        req = requests.labels({
+          upstream,
+          app,
+          model,
+          operation: r.operation,
+          status_class: sc,
+          error_type: et,
+          stream,
+        });
+        c.requests.set(rk, req);
       }
-      if (r.reasoning_tokens !== null) reasoningTokens.inc({ upstream, app, model }, r.reasoning_tokens);
+      req.inc();
+
+      if (r.input_tokens !== null) c.tokens.input.inc(r.input_tokens);
+      if (r.cache_read_tokens !== null) c.tokens.cache_read.inc(r.cache_read_tokens);
+      if (r.cache_write_tokens !== null) c.tokens.cache_write.inc(r.cache_write_tokens);
+      if (r.output_tokens !== null) c.tokens.output.inc(r.output_tokens);
+      if (r.reasoning_tokens !== null) c.reasoning.inc(r.reasoning_tokens);
 
       if (r.cost_nanos !== null && r.currency !== null) {
-        cost.inc({ upstream, app, model, currency: r.currency }, nanosToUnits(r.cost_nanos));
+        let child = c.cost.get(r.currency);
+        if (!child) {
+          child = cost.labels({ upstream, app, model, currency: r.currency });
+          c.cost.set(r.currency, child);
+        }
+        child.inc(nanosToUnits(r.cost_nanos));
       }
       if (r.upstream_reported_cost_nanos !== null && r.upstream_reported_currency !== null) {
         upstreamReportedCost.inc(
@@ -289,35 +387,37 @@ export function createMetricsSink(opts: MetricsSinkOptions): MetricsSink {
       }
 
       const durationS = r.duration_ms / 1000;
-      requestDuration.observe({ upstream, model, operation: r.operation, stream }, durationS);
+      c.duration.observe(durationS);
       if (r.ttft_ms !== null) {
-        ttft.observe({ upstream, model }, r.ttft_ms / 1000);
+        c.ttft.observe(r.ttft_ms / 1000);
         if (r.stream && r.output_tokens !== null && r.output_tokens >= 2) {
-          tpot.observe({ upstream, model }, (r.duration_ms - r.ttft_ms) / 1000 / (r.output_tokens - 1));
+          c.tpot.observe((r.duration_ms - r.ttft_ms) / 1000 / (r.output_tokens - 1));
         }
       }
 
       if (r.usage_source === 'estimated' || r.usage_source === 'missing') {
-        usageUnreported.inc({ upstream, model, usage_source: r.usage_source });
+        let child = c.unreported.get(r.usage_source);
+        if (!child) {
+          child = usageUnreported.labels({ upstream, model, usage_source: r.usage_source });
+          c.unreported.set(r.usage_source, child);
+        }
+        child.inc();
       }
-      if (r.cost_source === 'unpriced') unpriced.inc({ upstream, model });
+      if (r.cost_source === 'unpriced') (c.unpriced ??= unpriced.labels({ upstream, model })).inc();
 
-      const genAi = {
-        gen_ai_operation_name: GEN_AI_OPERATION_NAME[r.operation],
-        gen_ai_provider_name: GEN_AI_PROVIDER_NAME[r.operation],
-        gen_ai_request_model: model,
-        server_address: upstreamHosts.get(upstream) ?? upstream,
-      };
       const input = genAiInputTokens(r);
-      if (input !== null) genAiTokenUsage.observe({ ...genAi, gen_ai_token_type: 'input' }, input);
-      if (r.output_tokens !== null) {
-        genAiTokenUsage.observe({ ...genAi, gen_ai_token_type: 'output' }, r.output_tokens);
-      }
+      if (input !== null) c.genAiInput.observe(input);
+      if (r.output_tokens !== null) c.genAiOutput.observe(r.output_tokens);
       // Semconv: error.type is present only when the operation failed (absent label = success).
-      genAiOperationDuration.observe(
-        r.error_type === null ? genAi : { ...genAi, error_type: r.error_type },
-        durationS,
-      );
+      const errKey = r.error_type ?? '';
+      let dur = c.genAiDuration.get(errKey);
+      if (!dur) {
+        dur = genAiOperationDuration.labels(
+          r.error_type === null ? c.genAi : { ...c.genAi, error_type: r.error_type },
+        );
+        c.genAiDuration.set(errKey, dur);
+      }
+      dur.observe(durationS);
     },
 
     async close() {
@@ -336,9 +436,16 @@ export function createMetricsSink(opts: MetricsSinkOptions): MetricsSink {
       upstreamBalance.set({ upstream, currency }, amount);
     },
 
-    budget(name: string, currency: string, limit: number, spent: number) {
-      budgetLimit.set({ budget: name, currency }, limit);
-      budgetSpent.set({ budget: name, currency }, spent);
+    overhead(upstream: string, seconds: number) {
+      proxyOverhead.observe({ upstream }, seconds);
+    },
+
+    setInflightSource(source) {
+      inflightSource = source;
+    },
+
+    setBudgetSource(source) {
+      budgetSource = source;
     },
 
     internalError(component: string) {

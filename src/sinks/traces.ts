@@ -215,7 +215,6 @@ export function createTraceSink(opts: TraceSinkOptions): TraceSink | undefined {
   const tracer = provider.getTracer('tokenmeter');
   const propagator = new W3CTraceContextPropagator();
   // Spans begun and not yet written; bounded by the requests in flight.
-  const open = new Map<string, Span>();
 
   const startSpan = (identity: SpanIdentity, parent: Context): Span => {
     const { name, attributes } = spanStart(identity);
@@ -231,19 +230,15 @@ export function createTraceSink(opts: TraceSinkOptions): TraceSink | undefined {
 
     begin(start: RequestStart): SinkRequest {
       const span = startSpan(start, propagator.extract(ROOT_CONTEXT, start.headers, defaultTextMapGetter));
-      open.set(start.id, span);
       const carrier: Record<string, string> = {};
       propagator.inject(trace.setSpan(ROOT_CONTEXT, span), carrier, defaultTextMapSetter);
-      return { upstreamHeaders: carrier, traceId: span.spanContext().traceId };
+      // The exchange holds the span through this handle and ends it with the record.
+      return { upstreamHeaders: carrier, traceId: span.spanContext().traceId, end: (r) => endSpan(span, r) };
     },
 
     write(r: RequestRecord): void {
-      // No begin (e.g. a record replayed by another part): a root span covering the request.
-      const span = open.get(r.id) ?? startSpan(r, ROOT_CONTEXT);
-      open.delete(r.id);
-      span.setAttributes(recordAttributes(r));
-      if (r.error_type !== null) span.setStatus({ code: SpanStatusCode.ERROR, message: r.error_type });
-      span.end(r.ts_end);
+      // No begin (its begin failed, or a record replayed by another part): a root span covering it.
+      endSpan(startSpan(r, ROOT_CONTEXT), r);
     },
 
     async forceFlush() {
@@ -252,9 +247,6 @@ export function createTraceSink(opts: TraceSinkOptions): TraceSink | undefined {
     },
 
     async close() {
-      // End spans whose record never came (should not happen; the meter emits exactly once).
-      for (const span of open.values()) span.end();
-      open.clear();
       let timer: NodeJS.Timeout | undefined;
       const timeout = new Promise<void>((resolve) => {
         timer = setTimeout(() => {
@@ -271,6 +263,12 @@ export function createTraceSink(opts: TraceSinkOptions): TraceSink | undefined {
     },
   };
   return sink;
+}
+
+function endSpan(span: Span, r: RequestRecord): void {
+  span.setAttributes(recordAttributes(r));
+  if (r.error_type !== null) span.setStatus({ code: SpanStatusCode.ERROR, message: r.error_type });
+  span.end(r.ts_end);
 }
 
 /** What a span is started from: a RequestStart (begin), or a RequestRecord when no begin came. */

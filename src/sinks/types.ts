@@ -16,11 +16,16 @@ export interface RequestStart {
   headers: Readonly<Record<string, string | string[] | undefined>>;
 }
 
-/** A sink's per-request handle, returned by `begin`. */
+/**
+ * A sink's per-request handle, returned by `begin` and owned by the request's exchange: the
+ * finished record comes back through `end`, so no sink keeps its own table of open requests.
+ */
 export interface SinkRequest {
   /** Headers to add to the upstream request (W3C trace context). */
   upstreamHeaders?: Record<string, string>;
   traceId?: string;
+  /** Called exactly once with the finished record, instead of `Sink.write`. */
+  end(record: RequestRecord): void;
 }
 
 /**
@@ -33,7 +38,10 @@ export interface Sink {
   readonly name: string;
   /** Optional: called when a request starts, before the upstream request is sent. Must be fast. */
   begin?(start: RequestStart): SinkRequest | void;
-  /** Called exactly once per request with the finished record. Must not block. */
+  /**
+   * Called exactly once per request with the finished record, for requests this sink did not
+   * `begin` (or whose `begin` failed). Must not block.
+   */
   write(record: RequestRecord): void;
   /** Flush and release resources (graceful shutdown). */
   close(): Promise<void>;

@@ -12,6 +12,7 @@ import { createBudgets } from '../../src/budgets/index.js';
 import { BudgetConfig } from '../../src/config/schema.js';
 import { SILENT_LOGGER } from '../../src/log.js';
 import { createMeter } from '../../src/meter/index.js';
+import { inspectRequest } from '../../src/meter/inspect.js';
 import type { MeterBeginInput } from '../../src/meter/types.js';
 import { loadPriceBook } from '../../src/pricing/index.js';
 import type { RequestRecord } from '../../src/record.js';
@@ -58,17 +59,15 @@ function setup() {
       }),
     ],
     spend: () => [{ currency: 'CNY', cost_nanos: 100_000n }],
-    metrics,
+    priceBook,
     log: SILENT_LOGGER,
   });
+  // Budget gauges are read from the budgets at scrape time.
+  metrics.setBudgetSource(() => budgets.status());
   const records: RequestRecord[] = [];
   const meter = createMeter({
-    sinks: [
-      traces,
-      metrics,
-      budgets,
-      { name: 'capture', write: (r) => void records.push(r), close: async () => {} },
-    ],
+    // Budgets are a gate, not a sink: spend reaches them through the reservation's settle.
+    sinks: [traces, metrics, { name: 'capture', write: (r) => void records.push(r), close: async () => {} }],
     priceBook,
     budgets,
     health: metrics,
@@ -78,20 +77,18 @@ function setup() {
     maxEventBytes: 8 * 1024 * 1024,
     maxResponseBodyBytes: 32 * 1024 * 1024,
   });
+  // max_tokens bounds what the request can cost, so the budget can reserve it (§9).
+  const body = Buffer.from(
+    JSON.stringify({ model: 'deepseek-chat', max_tokens: 500, messages: [{ role: 'user', content: 'hi' }] }),
+  );
   const input = (): MeterBeginInput => ({
     method: 'POST',
     path: '/v1/chat/completions',
     headers: { 'x-tokenmeter-app': 'chatbot', 'content-type': 'application/json' },
     upstream: 'cailag',
     upstreamUrl,
-    info: {
-      operation: 'chat',
-      model: 'deepseek-chat',
-      stream: false,
-      asksForUsage: false,
-      tooLargeToMeter: false,
-    },
-    requestBytes: 50,
+    info: inspectRequest('POST', '/v1/chat/completions', body),
+    requestBytes: body.length,
     injectedUsage: false,
   });
   const waitForRecords = async (n: number) => {
@@ -135,10 +132,11 @@ describe('budgets through the meter', () => {
 
     const second = h.meter.begin(h.input());
     expect(second.rejection?.status).toBe(429);
-    const body = JSON.parse(second.rejection!.body) as { error: { message: string } };
-    expect(body.error.message).toContain('tokenmeter budget "chatbot-daily" is used up');
-    second.finish({ kind: 'rejected' });
+    expect(second.rejection?.type.openai).toBe('budget_exceeded');
+    expect(second.rejection?.message).toContain('chatbot-daily');
+    await second.finish({ kind: 'rejected' });
     await h.waitForRecords(2);
+    expect(h.records[1]).toMatchObject({ error_type: 'budget_exceeded', http_status: 429 });
 
     const e = parseExposition((await h.metrics.render()).body);
     expect(valueOf(e, 'tokenmeter_cost_total', { app: 'chatbot', currency: 'CNY' })).toBe(0.0011826);
@@ -146,7 +144,6 @@ describe('budgets through the meter', () => {
     expect(
       valueOf(e, 'tokenmeter_requests_total', { app: 'chatbot', status_class: '2xx', error_type: 'none' }),
     ).toBe(1);
-    expect(valueOf(e, 'tokenmeter_inflight_requests', { upstream: 'cailag' })).toBe(0);
     await h.traces.forceFlush();
     const spans = h.exporter.getFinishedSpans();
     expect(spans).toHaveLength(2);

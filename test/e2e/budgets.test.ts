@@ -3,7 +3,7 @@
  * and `@anthropic-ai/sdk` clients (issue 7 "Done when", DESIGN.md §9): traffic spends it, the next
  * request in scope gets an endpoint-shaped 429 naming the budget (never reaching the upstream),
  * traffic outside the scope passes, the spend survives a restart (gauge = SQLite spend), the
- * `tokenmeter budgets` CLI shows it, and 50 concurrent requests overshoot by at most one estimate.
+ * `tokenmeter budgets` CLI shows it, and 50 concurrent requests never push spend past the limit.
  */
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -21,16 +21,18 @@ const PRICES = `currency: USD
 unit: 1K
 prices:
   - { model: gpt-4o, input: 1, output: 2 }
+  - { model: claude-sonnet-4, input: 1, output: 2 }
 `;
 const PROMPT = 'hi there';
-const CHAT = { model: 'gpt-4o', messages: [{ role: 'user' as const, content: PROMPT }] };
+// max_tokens bounds what a request can cost, so a block budget can reserve it (§9).
+const CHAT = { model: 'gpt-4o', max_tokens: 3, messages: [{ role: 'user' as const, content: PROMPT }] };
 const usage = expectedUsage('openai', CHAT);
 /** Cost of one CHAT request (12 input + 3 output tokens = 0.018 USD). */
 const REQUEST_NANOS = BigInt(usage.input) * 1_000_000n + BigInt(usage.output!) * 2_000_000n;
 
-const LIMIT = '0.05';
-const LIMIT_NANOS = 50_000_000n;
-const BURST_LIMIT_NANOS = 100_000_000n;
+const LIMIT = '0.1';
+const LIMIT_NANOS = 100_000_000n;
+const BURST_LIMIT_NANOS = 200_000_000n;
 
 let gateway: FakeGateway;
 let dir: string;
@@ -62,7 +64,7 @@ budgets:
   - name: burst-daily
     scope: { app: burst }
     period: day
-    limit: "0.1"
+    limit: "0.2"
     currency: USD
     action: block
 `,
@@ -129,15 +131,24 @@ function rowCount(app: string): number {
   }
 }
 
-// The documented message (docs/budgets.md, "Block message"), with this budget's name, limit and period.
+// The documented message (docs/budgets.md, "Block message"): the request's bound does not fit in
+// what is left of this budget (its name, bound, limit, period and what to do).
 const BLOCK_MESSAGE =
-  /tokenmeter budget "alpha-daily" is used up: \d+\.\d+ USD spent (\(\+\d+\.\d+ USD reserved by requests in flight\) )?of 0\.05 USD this day \(since \d{4}-\d{2}-\d{2}, UTC\)\. Requests in its scope are blocked until \d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z; raise the limit in the budgets: config to continue\./;
+  /tokenmeter budget "alpha-daily" cannot admit this request: it could cost up to (\d+\.\d+) USD .*more than the \d+\.\d+ USD left of 0\.10? USD this day \(since \d{4}-\d{2}-\d{2}, UTC\).*raise the limit in the budgets: config/;
+
+/** The bound tokenmeter reserved for a blocked request, from its message, in nanos. */
+function boundNanos(message: string): bigint {
+  const m = /could cost up to (\d+)\.(\d+) USD/.exec(message);
+  if (!m) throw new Error(`no bound in: ${message}`);
+  return BigInt(m[1]!) * 1_000_000_000n + BigInt(m[2]!.padEnd(9, '0').slice(0, 9));
+}
 
 describe('block budget through tokenmeter serve with the real SDK clients', () => {
   it('spends, blocks with endpoint-shaped 429s naming the budget, lets other apps through, survives a restart', async () => {
     const first = await serve();
     const alpha = openaiClient(first.base, 'alpha');
-    // 3 × 0.018 = 0.054 ≥ 0.05: the third is admitted (0.036 spent before it), then the budget is used up.
+    // Each request is admitted only while spent + its bound (≈0.059: the body's bytes as input
+    // tokens, max_tokens as output) ≤ 0.1: three fit (0.036 + 0.059 ≤ 0.1), the fourth does not.
     for (let i = 0; i < 3; i++) {
       const completion = await alpha.chat.completions.create(CHAT);
       expect(completion.choices[0]!.message.content).toBe(`echo: ${PROMPT}`);
@@ -158,12 +169,14 @@ describe('block budget through tokenmeter serve with the real SDK clients', () =
     expect(openaiErr.status).toBe(429);
     expect(openaiErr.message).toMatch(BLOCK_MESSAGE);
     expect(openaiErr.code).toBe('budget_exceeded');
-    expect(openaiErr.type).toBe('insufficient_quota');
+    expect(openaiErr.type).toBe('budget_exceeded');
     expect(openaiErr.headers?.get('x-tokenmeter-blocked')).toBe('budget');
+    // The SDKs retry 429 by default; a budget block tells them not to.
+    expect(openaiErr.headers?.get('x-should-retry')).toBe('false');
 
     const claude = anthropicClient(first.base, 'alpha');
     const anthropicBlocked = await claude.messages
-      .create({ model: 'claude-sonnet-4', max_tokens: 16, messages: [{ role: 'user', content: PROMPT }] })
+      .create({ model: 'claude-sonnet-4', max_tokens: 32, messages: [{ role: 'user', content: PROMPT }] })
       .then(
         () => undefined,
         (err: unknown) => err,
@@ -173,7 +186,12 @@ describe('block budget through tokenmeter serve with the real SDK clients', () =
     expect(anthropicErr.status).toBe(429);
     expect(anthropicErr.error).toEqual({
       type: 'error',
-      error: { type: 'rate_limit_error', message: expect.stringMatching(BLOCK_MESSAGE) as unknown },
+      error: {
+        type: 'rate_limit_error',
+        message: expect.stringContaining(
+          'tokenmeter budget "alpha-daily" cannot admit this request',
+        ) as unknown,
+      },
     });
     // count_tokens is free (operation "other"): budgets never gate it, so a blocked app can still
     // size its prompts. It reaches the upstream.
@@ -232,9 +250,8 @@ describe('block budget through tokenmeter serve with the real SDK clients', () =
     const line = table.stdout.split('\n').find((l) => l.startsWith('alpha-daily'));
     expect(line).toBeDefined();
     expect(line).toContain('0.054 USD'); // spent
-    expect(line).toContain('0.05 USD'); // limit
-    expect(line).toContain('108.0%'); // ratio
-    expect(line).toContain('EXCEEDED (blocking)');
+    expect(line).toContain('0.10 USD'); // limit
+    expect(line).toContain('54.0%'); // ratio: the reservation kept spend under the limit
 
     const json = await runCli(['budgets', '--db', dbFile, '--config', configFile, '--format', 'json'], {
       cwd: dir,
@@ -245,21 +262,21 @@ describe('block budget through tokenmeter serve with the real SDK clients', () =
     );
     expect(status).toMatchObject({
       spent: '0.054',
-      limit: '0.05',
+      limit: '0.1',
       spent_nanos: String(spentNanos),
       limit_nanos: String(LIMIT_NANOS),
-      ratio: 1.08,
-      exceeded: true,
+      ratio: 0.54,
+      exceeded: false,
       action: 'block',
     });
     expect(await second.stop()).toBe(0);
   });
 
-  it('50 concurrent requests against a nearly spent budget overshoot by at most the reservation estimate', async () => {
+  it('50 concurrent requests against a nearly spent budget never overshoot it (each reserves its bound)', async () => {
     const s = await serve();
     try {
       const burst = openaiClient(s.base, 'burst');
-      // 4 × 0.018 = 0.072 of 0.1: room for less than two requests.
+      // 4 × 0.018 = 0.072 of 0.2 spent: room for two more bounds (≈0.059 each), not three.
       for (let i = 0; i < 4; i++) await burst.chat.completions.create(CHAT);
       await waitFor('burst spend settled', async () =>
         (await gauge(s, 'tokenmeter_budget_spent', 'burst-daily')) === Number(4n * REQUEST_NANOS) / 1e9
@@ -267,26 +284,34 @@ describe('block budget through tokenmeter serve with the real SDK clients', () =
           : undefined,
       );
       const upstreamBefore = gateway.requests.length;
+      let bound = 0n;
       const results = await Promise.all(
         Array.from({ length: 50 }, () =>
           burst.chat.completions.create(CHAT).then(
             () => 200,
-            (err: unknown) => (err instanceof OpenAI.APIError ? (err.status ?? -1) : -1),
+            (err: unknown) => {
+              if (err instanceof OpenAI.APIError && err.status === 429) bound = boundNanos(err.message);
+              return err instanceof OpenAI.APIError ? (err.status ?? -1) : -1;
+            },
           ),
         ),
       );
       const admitted = results.filter((r) => r === 200).length;
       expect(results.filter((r) => r !== 200 && r !== 429)).toEqual([]);
-      // 0.072 spent: the first admitted reserves the 0.018 estimate (0.090 < 0.1), the second
-      // reaches 0.108 ≥ 0.1, every later one is refused — however the 50 interleave.
-      expect(admitted).toBe(2);
+      // Every admitted request reserved its bound (≈0.059) until its real cost (0.018) settled, so
+      // however the 50 interleave: at least the two that fit at once, at most as many as can be
+      // admitted while spent + one bound still fits (here four).
+      expect(bound).toBeGreaterThan(REQUEST_NANOS);
+      const left = BURST_LIMIT_NANOS - 4n * REQUEST_NANOS;
+      expect(BigInt(admitted)).toBeGreaterThanOrEqual(left / bound);
+      expect(BigInt(admitted)).toBeLessThanOrEqual((left - bound) / REQUEST_NANOS + 1n);
       expect(gateway.requests.length - upstreamBefore).toBe(admitted);
       expect(await s.stop()).toBe(0);
 
-      // The estimate is the largest recent in-scope cost (0.018): spend ≤ limit + one estimate.
+      // The bound is never below the real cost, so spend never passes the limit.
       const spent = dbSpendNanos('burst');
       expect(spent).toBe(BigInt(4 + admitted) * REQUEST_NANOS);
-      expect(spent).toBeLessThanOrEqual(BURST_LIMIT_NANOS + REQUEST_NANOS);
+      expect(spent).toBeLessThanOrEqual(BURST_LIMIT_NANOS);
       expect(rowCount('burst')).toBe(54);
     } finally {
       await s.stop();

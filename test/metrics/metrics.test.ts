@@ -1,7 +1,30 @@
+import type { BudgetStatus } from '../../src/budgets/types.js';
 import { describe, expect, it } from 'vitest';
 import { createMetricsSink, normaliseModel, type MetricsSink } from '../../src/sinks/metrics.js';
 import { parseExposition, samplesOf, valueOf, type Exposition } from './exposition.js';
 import { makeRecord, startAndRecord } from './records.js';
+
+function budgetStatus(name: string, currency: string, limit: bigint, spent: bigint): BudgetStatus {
+  return {
+    name,
+    period: 'month',
+    timezone: 'UTC',
+    currency,
+    action: 'alert',
+    scope: {},
+    period_start: 0,
+    period_end: 1,
+    period_start_date: '2026-11-01',
+    limit_nanos: limit,
+    spent_nanos: spent,
+    reserved_nanos: 0n,
+    ratio: 0,
+    projected_nanos: spent,
+    warn_at: [],
+    warnings_crossed: [],
+    exceeded: false,
+  };
+}
 
 function sink(over: Partial<Parameters<typeof createMetricsSink>[0]> = {}): MetricsSink {
   return createMetricsSink({ maxModels: 100, maxApps: 50, apps: ['chatbot'], ...over });
@@ -47,6 +70,7 @@ const PINNED: Record<string, { type: string; labels: string[] }> = {
   tokenmeter_audit_dropped_total: { type: 'counter', labels: [] },
   tokenmeter_internal_errors_total: { type: 'counter', labels: ['component'] },
   tokenmeter_sse_oversize_events_total: { type: 'counter', labels: ['upstream'] },
+  tokenmeter_proxy_overhead_seconds: { type: 'histogram', labels: ['upstream'] },
   gen_ai_client_token_usage: {
     type: 'histogram',
     labels: [
@@ -83,8 +107,9 @@ function exerciseEverything(s: MetricsSink): void {
       upstream_reported_currency: 'CNY',
     },
   );
-  s.begin!(ok.start);
+  s.setInflightSource(() => new Map([['cailag', 1]]));
   s.write(ok.record);
+  s.overhead('cailag', 0.00012);
   s.write(
     makeRecord({ usage_source: 'estimated', cost_source: 'unpriced', cost_nanos: null, currency: null }),
   );
@@ -96,7 +121,7 @@ function exerciseEverything(s: MetricsSink): void {
     tokens: { limit: 100000, remaining: 9000 },
   });
   s.balance('cailag', 'CNY', 138.5);
-  s.budget('team-month', 'CNY', 100, 12.5);
+  s.setBudgetSource(() => [budgetStatus('team-month', 'CNY', 100_000_000_000n, 12_500_000_000n)]);
   s.internalError('sink:audit');
   s.auditQueueDepth(3);
   s.auditDropped(2);
@@ -174,7 +199,8 @@ describe('metrics sink: names, types and label sets (§7)', () => {
 
 describe('metrics sink: exact values', () => {
   it('records a known set of records exactly', async () => {
-    const s = sink();
+    // server.address comes from the configured upstream URLs (bounded: config, not traffic).
+    const s = sink({ upstreamHosts: { cailag: 'cailag.xin', dieyu: 'open.dieyuyun.com' } });
     const a = startAndRecord({ app: 'chatbot' }, {}); // ¥0.0011826, 400 in + 600 cached + 500 out
     const b = startAndRecord(
       {
@@ -232,11 +258,17 @@ describe('metrics sink: exact values', () => {
         duration_ms: 20,
       },
     );
-    for (const x of [a, b, c, d, e5]) s.begin!(x.start);
+    // The in-flight gauge is read at scrape time from the proxy's one in-flight count.
+    const inflight = new Map([
+      ['cailag', 4],
+      ['dieyu', 1],
+    ]);
+    s.setInflightSource(() => inflight);
     let e = await scrape(s);
     expect(valueOf(e, 'tokenmeter_inflight_requests', { upstream: 'cailag' })).toBe(4);
     expect(valueOf(e, 'tokenmeter_inflight_requests', { upstream: 'dieyu' })).toBe(1);
     for (const x of [a, b, c, d, e5]) s.write(x.record);
+    inflight.set('cailag', 0).set('dieyu', 0);
     e = await scrape(s);
 
     expect(valueOf(e, 'tokenmeter_inflight_requests', { upstream: 'cailag' })).toBe(0);
@@ -345,7 +377,9 @@ describe('metrics sink: exact values', () => {
     s.rateLimit('cailag', { requests: { limit: 60, remaining: 12 }, tokens: { remaining: 500 } });
     s.rateLimit('cailag', { requests: { remaining: 11 }, tokens: {} });
     s.balance('dieyu', 'CNY', 138.5);
-    s.budget('team', 'USD', 50, 12.25);
+    let spent = 12_000_000_000n;
+    s.setBudgetSource(() => [budgetStatus('team', 'USD', 50_000_000_000n, spent)]);
+    spent = 12_250_000_000n; // read at scrape time, not when set
     s.auditQueueDepth(7);
     s.auditDropped(3);
     s.auditDropped(1);
@@ -362,13 +396,6 @@ describe('metrics sink: exact values', () => {
     expect(valueOf(e, 'tokenmeter_audit_queue_depth', {})).toBe(7);
     expect(valueOf(e, 'tokenmeter_audit_dropped_total', {})).toBe(4);
     expect(valueOf(e, 'tokenmeter_internal_errors_total', { component: 'traces' })).toBe(2);
-  });
-
-  it('a write without begin never drives the inflight gauge negative', async () => {
-    const s = sink();
-    s.write(makeRecord());
-    const e = await scrape(s);
-    expect(samplesOf(e, 'tokenmeter_inflight_requests').every((x) => x.value >= 0)).toBe(true);
   });
 });
 

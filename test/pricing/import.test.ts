@@ -51,6 +51,14 @@ describe('import --from litellm', () => {
     ]);
   });
 
+  it("carries LiteLLM's max_output_tokens (a positive count) into the entries", () => {
+    expect(parsed.problems).toEqual([]);
+    const byModel = new Map(parsed.table!.entries.map((e) => [e.model, e.maxOutputTokens]));
+    expect(byModel.get('gpt-4o')).toBe(16384);
+    expect(byModel.get('o3')).toBe(100000);
+    expect(byModel.get('text-embedding-3-small')).toBeUndefined();
+  });
+
   it('converts per-token costs exactly to per-1M prices', () => {
     expect(parsed.problems).toEqual([]);
     const byModel = new Map(parsed.table!.entries.map((e) => [e.model, e]));

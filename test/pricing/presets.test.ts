@@ -51,6 +51,28 @@ describe('bundled presets', () => {
     expect(at('2025-06-10T00:00:00Z').cost_nanos).toBe(2_000_000_000);
   });
 
+  it("presets state each chat model's documented maximum output, which bounds a request without max_tokens", () => {
+    const max = (model: string, upstream: string) =>
+      book.maxCost({
+        model,
+        upstream,
+        app: 'default',
+        operation: 'chat',
+        at: new Date('2026-11-01T00:00:00Z'),
+        inputTokens: 0,
+        requestedOutputTokens: undefined,
+      });
+    expect(max('gpt-4o', 'openai')).toMatchObject({ output_tokens: 16384, output_from: 'model' });
+    expect(max('gpt-5', 'openai')).toMatchObject({ output_tokens: 128000, output_from: 'model' });
+    expect(max('claude-sonnet-4-5-20250929', 'openai')).toMatchObject({ output_tokens: 64000 });
+    // 8192 × ¥1.62 / 1M = ¥0.01327104 on cailag
+    expect(max('deepseek-chat', 'default')).toMatchObject({ output_tokens: 8192, cost_nanos: 13_271_040n });
+    // Every reference chat model states one (embeddings and image models have no output).
+    for (const t of book.allTables().filter((x) => x.table.name === 'reference.yaml'))
+      for (const e of t.table.entries)
+        if (!/embedding|dall-e/.test(e.model)) expect(e.maxOutputTokens, e.model).toBeGreaterThan(0);
+  });
+
   it('a gateway without stated prices leaves its models unpriced, not zero', () => {
     const r = book.price(
       query({ model: 'deepseek-v4-flash', upstream: 'dieyu', usage: { input: 10, output: 10 } }),

@@ -237,7 +237,7 @@ describe('openai SDK through tokenmeter', () => {
     await abortAfterFirst(clients.direct.openai); // keeps both gateways' request numbers in step
     await abortAfterFirst(clients.proxied.openai);
     const rec = meter.requests.at(-1)!;
-    expect(await rec.finished).toEqual({ kind: 'client_abort' });
+    expect(await rec.finished).toEqual({ kind: 'client_abort', reachedUpstream: true });
     const upstreamSide = proxied.requests[before]!;
     for (let i = 0; i < 50 && !upstreamSide.aborted; i++) await new Promise((r) => setTimeout(r, 20));
     expect(upstreamSide.aborted).toBe(true);

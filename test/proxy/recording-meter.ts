@@ -56,6 +56,7 @@ export class RecordingMeter implements Meter {
           this.active--;
           resolveFinished(outcome);
         }
+        return Promise.resolve();
       },
     };
   }
@@ -63,12 +64,11 @@ export class RecordingMeter implements Meter {
 
 /** A Meter that does nothing (benchmarks: the raw proxy cost). */
 export const NOOP_METER: Meter = {
-  inflight: () => 0,
   begin: () => ({
     upstreamHeaders: {},
     onResponseHead() {},
     onResponseChunk() {},
     onFirstByteToClient() {},
-    finish() {},
+    finish: () => Promise.resolve(),
   }),
 };

@@ -1,4 +1,4 @@
-import http, { type IncomingMessage, type ServerResponse } from 'node:http';
+import http, { type IncomingMessage } from 'node:http';
 import net, { type AddressInfo } from 'node:net';
 import { gzipSync } from 'node:zlib';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -6,48 +6,14 @@ import type { Settings, UpstreamSettings } from '../../src/config/types.js';
 import { SILENT_LOGGER } from '../../src/log.js';
 import { createProxyServer, type ProxyServer } from '../../src/proxy/server.js';
 import { testSettings, upstreamSettings } from './helpers.js';
+import { request, startTestUpstream, type Handler, type RawResponse } from './http-helpers.js';
 import { RecordingMeter } from './recording-meter.js';
-
-type Handler = (req: IncomingMessage, res: ServerResponse, body: Buffer) => void;
-
-interface TestUpstream {
-  url: string;
-  server: http.Server;
-  seen: Array<{ method: string; url: string; rawHeaders: string[]; body: Buffer }>;
-  close(): Promise<void>;
-}
 
 const cleanups: Array<() => Promise<void>> = [];
 afterEach(async () => {
   while (cleanups.length) await cleanups.pop()!();
 });
-
-async function startUpstream(handler: Handler): Promise<TestUpstream> {
-  const seen: TestUpstream['seen'] = [];
-  const server = http.createServer((req, res) => {
-    const chunks: Buffer[] = [];
-    req.on('data', (c: Buffer) => chunks.push(c));
-    req.on('end', () => {
-      const body = Buffer.concat(chunks);
-      seen.push({ method: req.method!, url: req.url!, rawHeaders: req.rawHeaders, body });
-      handler(req, res, body);
-    });
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const port = (server.address() as AddressInfo).port;
-  const up: TestUpstream = {
-    url: `http://127.0.0.1:${port}`,
-    server,
-    seen,
-    close: () =>
-      new Promise((r) => {
-        server.closeAllConnections();
-        server.close(() => r());
-      }),
-  };
-  cleanups.push(up.close);
-  return up;
-}
+const startUpstream = (handler: Handler) => startTestUpstream(handler, cleanups);
 
 async function startProxy(
   upstreams: UpstreamSettings[],
@@ -64,45 +30,6 @@ async function startProxy(
   const addr = await proxy.listen();
   cleanups.push(() => proxy.close(0));
   return { proxy, meter, base: `http://127.0.0.1:${addr.port}` };
-}
-
-interface RawResponse {
-  status: number;
-  rawHeaders: string[];
-  headers: http.IncomingHttpHeaders;
-  body: Buffer;
-}
-
-function request(
-  url: string,
-  opts: {
-    method?: string;
-    headers?: Record<string, string> | string[];
-    body?: Buffer | string;
-    agent?: http.Agent;
-  } = {},
-): Promise<RawResponse> {
-  return new Promise((resolve, reject) => {
-    const req = http.request(
-      url,
-      { method: opts.method ?? 'GET', headers: opts.headers, agent: opts.agent ?? false },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () =>
-          resolve({
-            status: res.statusCode!,
-            rawHeaders: res.rawHeaders,
-            headers: res.headers,
-            body: Buffer.concat(chunks),
-          }),
-        );
-        res.on('error', reject);
-      },
-    );
-    req.on('error', reject);
-    req.end(opts.body);
-  });
 }
 
 function headerValues(raw: string[], name: string): string[] {
@@ -343,13 +270,22 @@ describe('forwarding (§3.1, §3.2)', () => {
     const meter = new RecordingMeter();
     meter.reject = {
       status: 429,
-      headers: { 'content-type': 'application/json' },
-      body: '{"error":{"message":"budget team-day exceeded"}}',
+      type: { openai: 'budget_exceeded', anthropic: 'rate_limit_error' },
+      message: 'budget team-day exceeded',
+      headers: { 'x-should-retry': 'false' },
     };
     const { base } = await startProxy([upstreamSettings('default', up.url)], {}, meter);
     const res = await request(`${base}/v1/chat/completions`, { method: 'POST', body: '{"model":"m"}' });
     expect(res.status).toBe(429);
-    expect(res.body.toString()).toContain('team-day');
+    expect(res.headers['x-should-retry']).toBe('false');
+    expect(JSON.parse(res.body.toString())).toEqual({
+      error: { message: 'budget team-day exceeded', type: 'budget_exceeded', code: 'budget_exceeded' },
+    });
+    const anthropic = await request(`${base}/v1/messages`, { method: 'POST', body: '{"model":"m"}' });
+    expect(JSON.parse(anthropic.body.toString())).toEqual({
+      type: 'error',
+      error: { type: 'rate_limit_error', message: 'budget team-day exceeded' },
+    });
     expect(up.seen).toHaveLength(0);
     expect(meter.requests[0]!.outcomes).toEqual([{ kind: 'rejected' }]);
   });
@@ -471,7 +407,8 @@ describe('other methods and bodies', () => {
     await sleep(100);
     req.destroy();
     await closed;
-    expect(await meter.requests[0]!.finished).toEqual({ kind: 'client_abort' });
+    // The upload never completed: nothing can have been generated upstream.
+    expect(await meter.requests[0]!.finished).toEqual({ kind: 'client_abort', reachedUpstream: false });
     expect(meter.requests[0]!.input.info.tooLargeToMeter).toBe(true);
   });
 });
@@ -491,7 +428,9 @@ describe('failures (§3.2, §12)', () => {
     expect(err.error.type).toBe('upstream_unreachable');
     expect(res.body.toString()).not.toContain('sk-very-secret');
     expect(res.body.toString()).not.toMatch(/\bat .*\.(ts|js):\d+/);
-    expect(meter.requests[0]!.outcomes).toEqual([{ kind: 'network', message: 'ECONNREFUSED' }]);
+    expect(meter.requests[0]!.outcomes).toEqual([
+      { kind: 'network', message: 'ECONNREFUSED', reachedUpstream: false },
+    ]);
   });
 
   it('connect timeout → 504 shaped for the endpoint (OpenAI and Anthropic)', async () => {
@@ -522,8 +461,8 @@ describe('failures (§3.2, §12)', () => {
     expect(a.type).toBe('error');
     expect(a.error.type).toBe('timeout');
     expect(meter.requests.map((r) => r.outcomes)).toEqual([
-      [{ kind: 'timeout', phase: 'connect' }],
-      [{ kind: 'timeout', phase: 'connect' }],
+      [{ kind: 'timeout', phase: 'connect', reachedUpstream: false }],
+      [{ kind: 'timeout', phase: 'connect', reachedUpstream: false }],
     ]);
   });
 
@@ -550,8 +489,8 @@ describe('failures (§3.2, §12)', () => {
     expect(outcome).toBe('error'); // not a clean end: the client can tell the stream was cut
     expect(Buffer.concat(got).toString()).toBe('data: {"n":1}\n\n');
     expect(meter.requests.map((r) => r.outcomes)).toEqual([
-      [{ kind: 'timeout', phase: 'idle' }],
-      [{ kind: 'timeout', phase: 'idle' }],
+      [{ kind: 'timeout', phase: 'idle', reachedUpstream: true }],
+      [{ kind: 'timeout', phase: 'idle', reachedUpstream: true }],
     ]);
   });
 
@@ -604,7 +543,7 @@ describe('failures (§3.2, §12)', () => {
       upstreamClosedP,
       sleep(3000).then(() => Promise.reject(new Error('upstream request not aborted'))),
     ]);
-    expect(await meter.requests[0]!.finished).toEqual({ kind: 'client_abort' });
+    expect(await meter.requests[0]!.finished).toEqual({ kind: 'client_abort', reachedUpstream: true });
     expect(meter.requests[0]!.outcomes).toHaveLength(1);
   });
 
@@ -695,7 +634,7 @@ describe('failures (§3.2, §12)', () => {
 });
 
 describe('admin endpoints and shutdown (§12)', () => {
-  it('serves /healthz, /readyz, /metrics on the same port, behind the auth token when set', async () => {
+  it('serves /healthz, /readyz, /metrics on the same port; /readyz and /metrics behind the auth token, liveness open', async () => {
     const up = await startUpstream((_q, res) => res.end('upstream'));
     let ready = false;
     const { base } = await startProxy(
@@ -710,7 +649,10 @@ describe('admin endpoints and shutdown (§12)', () => {
         }),
       },
     );
-    expect((await request(`${base}/healthz`)).status).toBe(401);
+    // Liveness stays open: container health checks and probes send no token.
+    expect((await request(`${base}/healthz`)).status).toBe(200);
+    expect((await request(`${base}/readyz`)).status).toBe(401);
+    expect((await request(`${base}/metrics`)).status).toBe(401);
     expect((await request(`${base}/metrics`, { headers: { authorization: 'Bearer wrong' } })).status).toBe(
       401,
     );

@@ -58,7 +58,7 @@ describe('trace sink with an in-memory exporter', () => {
       },
     );
     const handle = sink.begin(start);
-    sink.write(record);
+    handle.end(record);
     await sink.forceFlush();
 
     const spans = exporter.getFinishedSpans();
@@ -107,7 +107,7 @@ describe('trace sink with an in-memory exporter', () => {
     const { sink, exporter } = memorySink();
     const { start, record } = startAndRecord({ operation: 'messages', request_model: 'claude-sonnet-4' }, {});
     const handle = sink.begin(start);
-    sink.write(record);
+    handle.end(record);
     await sink.forceFlush();
     const span = exporter.getFinishedSpans()[0]!;
     expect(span.parentSpanContext).toBeUndefined();
@@ -125,13 +125,13 @@ describe('trace sink with an in-memory exporter', () => {
       {},
     );
     const h1 = sink.begin(unsampled.start);
-    sink.write(unsampled.record);
+    h1.end(unsampled.record);
     expect(h1.traceId).toBe(PARENT_TRACE);
     expect(h1.upstreamHeaders?.traceparent).toMatch(new RegExp(`^00-${PARENT_TRACE}-[0-9a-f]{16}-00$`));
 
     const malformed = startAndRecord({ headers: { traceparent: 'garbage' } }, {});
     const h2 = sink.begin(malformed.start);
-    sink.write(malformed.record);
+    h2.end(malformed.record);
     await sink.forceFlush();
     const spans = exporter.getFinishedSpans();
     expect(spans).toHaveLength(1); // only the malformed-parent request, as a new root
@@ -159,8 +159,7 @@ describe('trace sink with an in-memory exporter', () => {
         response_model: null,
       },
     );
-    sink.begin(start);
-    sink.write(record);
+    sink.begin(start).end(record);
     await sink.forceFlush();
     const span = exporter.getFinishedSpans()[0]!;
     expect(span.name).toBe('chat');
@@ -185,8 +184,7 @@ describe('trace sink with an in-memory exporter', () => {
       { headers: { ...INCOMING, authorization: 'Bearer sk-secret' } },
       {},
     );
-    sink.begin(start);
-    sink.write(record);
+    sink.begin(start).end(record);
     await sink.forceFlush();
     const text = JSON.stringify(exporter.getFinishedSpans()[0]!.attributes);
     expect(text).not.toMatch(/sk-secret|user-42|abcdef012345/);
@@ -315,7 +313,7 @@ describe('trace sink exporting over real OTLP/HTTP', () => {
     })!;
     const { start, record } = startAndRecord({ headers: INCOMING }, {});
     const handle = sink.begin(start);
-    sink.write(record);
+    handle.end(record);
     await sink.close(); // close flushes
 
     expect(received).toHaveLength(1);
@@ -371,12 +369,11 @@ describe('trace sink exporting over real OTLP/HTTP', () => {
       const handle = sink.begin(start);
       expect(handle).not.toBeInstanceOf(Promise);
       expect(handle.upstreamHeaders?.traceparent).toMatch(/^00-[0-9a-f]{32}-[0-9a-f]{16}-01$/);
-      expect(sink.write(record)).toBeUndefined();
+      expect(handle.end(record)).toBeUndefined();
     }
     await expect(sink.forceFlush()).resolves.toBeUndefined();
     const { start, record } = startAndRecord({}, {});
-    sink.begin(start);
-    sink.write(record);
+    sink.begin(start).end(record);
     await expect(sink.close()).resolves.toBeUndefined();
 
     expect(health.errors.length).toBeGreaterThanOrEqual(1);

@@ -46,28 +46,6 @@ export function querySpend(db: Database.Database, filter: SpendFilter): Currency
   return rows.map((r) => ({ currency: r.currency, cost_nanos: r.cost_nanos }));
 }
 
-/**
- * The most recent known costs in scope and currency, newest first (budgets seed their reservation
- * estimate from these at start, so a restart does not reset it to a guess).
- */
-export function queryRecentCosts(
-  db: Database.Database,
-  filter: SpendFilter,
-  currency: string,
-  limit: number,
-): bigint[] {
-  const where = whereClause(filter);
-  const rows = db
-    .prepare(
-      `SELECT cost_nanos FROM requests
-       WHERE ${where.sql} AND cost_nanos IS NOT NULL AND currency = ?
-       ORDER BY ts_start DESC LIMIT ?`,
-    )
-    .safeIntegers()
-    .all(...where.params, currency, limit) as Array<{ cost_nanos: bigint }>;
-  return rows.map((r) => r.cost_nanos);
-}
-
 /** Requests in the window that no price matched (`cost_source = 'unpriced'`, cost NULL): not in `querySpend`. */
 export function countUnpriced(db: Database.Database, filter: SpendFilter): number {
   const where = whereClause(filter);

@@ -1,0 +1,536 @@
+/**
+ * One exchange per request (DESIGN.md §3.4): the object that owns one proxied request from its
+ * first byte to its record. Its states are explicit, and exactly one end step runs whatever
+ * happens: `end(outcome)` moves to `ended` once, and the record is built, handed to the sinks and
+ * the budget reservation settled by the meter *after* the response bytes were flushed (on a later
+ * turn of the event loop); the one in-flight count drops only when that is done.
+ *
+ * Traffic first: bytes are written to the client before the meter sees its copy, nothing on the
+ * response path awaits metering, and a failure of any metering step never reaches the client.
+ */
+import http, { type IncomingMessage, type ServerResponse } from 'node:http';
+import https from 'node:https';
+import type { Socket } from 'node:net';
+import type { UpstreamSettings } from '../config/types.js';
+import { inspectRequest } from '../meter/inspect.js';
+import type { MeterOutcome, RequestMeter } from '../meter/types.js';
+import { joinUpstreamPath } from './path-join.js';
+import type { ProxyContext } from './context.js';
+import { endpointError, forwardableHeaders } from './http-util.js';
+import {
+  canRecode,
+  EncodedUsageChunkStripper,
+  injectUsageOption,
+  shouldInjectUsage,
+  UsageChunkStripper,
+} from './usage-injection.js';
+
+/**
+ * receiving: reading the request body · rejected: answered by tokenmeter (budget) ·
+ * forwarding: upstream request under way, no response head yet · responding: streaming the
+ * upstream response to the client · ended: the end step ran (the record is on its way).
+ */
+export type ExchangeState = 'receiving' | 'rejected' | 'forwarding' | 'responding' | 'ended';
+
+/** Methods that may be re-sent on a stale pooled socket (RFC 9110 §9.2.2). POST never is. */
+const RETRYABLE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS']);
+
+interface RequestBody {
+  chunks: Buffer[];
+  bytes: number;
+  /** The rest of the body must be piped: over the cap. */
+  streamRest: boolean;
+}
+
+export class Exchange {
+  state: ExchangeState = 'receiving';
+  /** The upstream this exchange counts under in the in-flight gauge, once known. */
+  upstreamName: string | undefined;
+
+  private meter: RequestMeter | undefined;
+  private upstream!: UpstreamSettings;
+  private upReq: http.ClientRequest | undefined;
+  private idleTimer: NodeJS.Timeout | undefined;
+  private connectTimer: NodeJS.Timeout | undefined;
+  private bytesToClient = false;
+  /** The whole request reached the upstream's socket: a generation may be billed from here on. */
+  private sent = false;
+  private upResStarted = false;
+  /** Time tokenmeter itself spent on this request (µs-level work: read → upstream write, chunk → client write). */
+  private overheadMs = 0;
+  private readonly pathOnly: string;
+  private endPromise: Promise<void> | undefined;
+
+  constructor(
+    private readonly ctx: ProxyContext,
+    private readonly req: IncomingMessage,
+    private readonly res: ServerResponse,
+    private readonly startedAt: number,
+  ) {
+    const url = req.url ?? '/';
+    const q = url.indexOf('?');
+    this.pathOnly = q === -1 ? url : url.slice(0, q);
+  }
+
+  /** Runs the exchange; never rejects (an internal failure answers 500 and still ends with a record). */
+  async run(): Promise<void> {
+    try {
+      await this.forward();
+    } catch (err) {
+      this.fail(500, 'internal_error', 'tokenmeter internal error');
+      if (!this.meter) this.beginFallbackMeter();
+      this.end({ kind: 'internal', message: (err as Error).message });
+      this.ctx.log.once('proxy-exchange', 'error', 'proxy exchange failed', {
+        error: (err as Error).message,
+      });
+    }
+  }
+
+  /** Resolves when the end step has finished (record emitted), or at once if it never started. */
+  done(): Promise<void> {
+    return this.endPromise ?? Promise.resolve();
+  }
+
+  private async forward(): Promise<void> {
+    const { req } = this;
+    const method = req.method ?? 'GET';
+    const body = await this.readBody(method);
+    if (!body) {
+      // The client went away while uploading: nothing was sent upstream, nothing can be billed.
+      // Still one record (§3.4): the meter is begun so the abort is visible.
+      this.beginMeter(method, undefined, false, 0);
+      this.end({ kind: 'client_abort' });
+      return;
+    }
+    const whole = !body.streamRest && body.chunks.length > 0 ? Buffer.concat(body.chunks) : undefined;
+    const declared = req.headers['content-length'];
+    const requestBytes = declared !== undefined ? Number(declared) || body.bytes : body.bytes;
+    const t0 = performance.now();
+    const { info, outBody, injected, targetPath } = this.beginMeter(
+      method,
+      whole,
+      body.streamRest,
+      requestBytes,
+    );
+    const meter = this.meter!;
+    if (meter.rejection) {
+      const r = meter.rejection;
+      this.state = 'rejected';
+      const e = endpointError(this.pathOnly, r.status, r.type, r.message, r.headers);
+      this.res.writeHead(e.status, e.headers);
+      this.res.end(e.body);
+      if (body.streamRest) req.resume();
+      this.end({ kind: 'rejected' });
+      return;
+    }
+    this.state = 'forwarding';
+    const headers = this.upstreamHeaders(outBody !== whole, injected, outBody);
+    // Client gone: abort the upstream at once so no generation keeps billing (§3.2).
+    this.res.on('close', () => {
+      if (this.state === 'ended' || this.res.writableFinished) return;
+      this.upReq?.destroy();
+      this.end({ kind: 'client_abort', reachedUpstream: this.sent });
+    });
+    this.send(method, targetPath, headers, body, outBody, injected && info.stream);
+    this.overheadMs += performance.now() - t0;
+  }
+
+  /** Buffers a metered request body up to the cap; undefined when the client left mid-upload. */
+  private async readBody(method: string): Promise<RequestBody | undefined> {
+    const { req } = this;
+    const declared =
+      req.headers['content-length'] !== undefined ? Number(req.headers['content-length']) : undefined;
+    const hasBody =
+      (declared !== undefined && declared > 0) || req.headers['transfer-encoding'] !== undefined;
+    if (!hasBody) return { chunks: [], bytes: 0, streamRest: false };
+    const maxBody = this.ctx.settings.limits.maxRequestBody;
+    // POST bodies are read whatever their Content-Type says (a JSON body sent as text/plain is still
+    // metered); anything else is streamed through untouched.
+    if (method !== 'POST' || (declared !== undefined && declared > maxBody))
+      return { chunks: [], bytes: 0, streamRest: true };
+    return bufferBody(req, maxBody);
+  }
+
+  /** Inspects, routes, rewrites (§3.3) and begins metering. */
+  private beginMeter(method: string, whole: Buffer | undefined, streamRest: boolean, requestBytes: number) {
+    const { ctx, req } = this;
+    const url = req.url ?? '/';
+    const tooLarge = streamRest && method === 'POST';
+    const info = inspectRequest(method, this.pathOnly, whole, tooLarge);
+    const choice = ctx.router.pick(url, info.model);
+    this.upstream = choice.upstream;
+    this.upstreamName = choice.upstream.name;
+    ctx.inflight.add(this);
+    let outBody = whole;
+    let injected = false;
+    if (whole && shouldInjectUsage(info, this.upstream)) {
+      outBody = injectUsageOption(whole, info.body as Record<string, unknown>);
+      injected = true;
+    }
+    const targetPath = joinUpstreamPath(this.upstream.url, choice.path);
+    const cq = choice.path.indexOf('?');
+    this.meter = ctx.meter.begin({
+      method,
+      path: cq === -1 ? choice.path : choice.path.slice(0, cq),
+      headers: req.headers,
+      upstream: this.upstream.name,
+      upstreamUrl: this.upstream.url,
+      routeApp: choice.routeApp,
+      info,
+      requestBytes,
+      injectedUsage: injected,
+      tsStart: this.startedAt,
+    });
+    return { info, outBody, injected, targetPath };
+  }
+
+  /** A request that failed before metering began still gets its one record (§3.4). */
+  private beginFallbackMeter(): void {
+    const upstream = this.ctx.settings.upstreams[0];
+    if (!upstream) return;
+    this.upstream = upstream;
+    this.upstreamName = upstream.name;
+    this.ctx.inflight.add(this);
+    this.meter = this.ctx.meter.begin({
+      method: this.req.method ?? 'GET',
+      path: this.pathOnly,
+      headers: this.req.headers,
+      upstream: upstream.name,
+      upstreamUrl: upstream.url,
+      info: inspectRequest(this.req.method ?? 'GET', this.pathOnly, undefined, false),
+      requestBytes: 0,
+      injectedUsage: false,
+      tsStart: this.startedAt,
+    });
+  }
+
+  private upstreamHeaders(bodyChanged: boolean, injected: boolean, outBody: Buffer | undefined): string[] {
+    const headers = forwardableHeaders(
+      this.req.rawHeaders,
+      (h) =>
+        h === 'host' ||
+        h === 'expect' ||
+        h.startsWith('x-tokenmeter-') ||
+        (bodyChanged && h === 'content-length'),
+    );
+    const override: Record<string, string> = { ...this.upstream.headers, ...this.meter!.upstreamHeaders };
+    if (injected) {
+      // We must be able to read and edit the SSE stream, so ask for it unencoded on injected requests only.
+      override['accept-encoding'] = 'identity';
+      override['content-length'] = String(outBody!.length);
+    }
+    const overrideNames = new Set(Object.keys(override).map((k) => k.toLowerCase()));
+    const finalHeaders: string[] = ['Host', this.upstream.url.host];
+    for (let i = 0; i < headers.length; i += 2)
+      if (!overrideNames.has(headers[i]!.toLowerCase())) finalHeaders.push(headers[i]!, headers[i + 1]!);
+    for (const [k, v] of Object.entries(override)) finalHeaders.push(k, v);
+    return finalHeaders;
+  }
+
+  private send(
+    method: string,
+    targetPath: string,
+    headers: string[],
+    body: RequestBody,
+    outBody: Buffer | undefined,
+    strip: boolean,
+    attempt = 0,
+  ): void {
+    const upstream = this.upstream;
+    const isHttps = upstream.url.protocol === 'https:';
+    let r: http.ClientRequest;
+    try {
+      r = (isHttps ? https : http).request({
+        protocol: upstream.url.protocol,
+        hostname: upstream.url.hostname.replace(/^\[|\]$/g, ''),
+        port: upstream.url.port || (isHttps ? 443 : 80),
+        method,
+        path: targetPath,
+        headers,
+        agent: this.ctx.agentFor(upstream),
+        setHost: false,
+      });
+    } catch (err) {
+      // A synchronous failure building the upstream request (e.g. an invalid configured header
+      // value) must still answer the client and end with a record.
+      const message = `cannot send to upstream ${upstream.name}: ${(err as Error).message}`;
+      this.fail(502, 'upstream_error', message);
+      this.end({ kind: 'network', message });
+      return;
+    }
+    this.upReq = r;
+    this.connectTimer = setTimeout(() => this.onTimeout('connect'), upstream.connectTimeoutMs);
+    r.on('socket', (s: Socket) => {
+      const connected = () => {
+        if (this.connectTimer) clearTimeout(this.connectTimer);
+        this.connectTimer = undefined;
+      };
+      if (s.connecting) s.once(isHttps ? 'secureConnect' : 'connect', connected);
+      else connected();
+    });
+    // The upstream idle timer starts once the whole request is on the wire: a slow upload is the
+    // client's time, not the upstream's (§3.1).
+    r.on('finish', () => {
+      this.sent = true;
+      if (this.state === 'forwarding' && !this.upResStarted) this.armIdle();
+    });
+    r.on('error', (err: NodeJS.ErrnoException) => {
+      if (this.state === 'ended' || this.upResStarted) return; // after the head: the response's close reports it
+      this.clearTimers();
+      // A pooled keep-alive socket the upstream closed just as we reused it. Only idempotent
+      // requests without a body are re-sent: a POST may have reached the upstream and started a
+      // generation, and re-sending it would bill twice for one record (§3.1).
+      if (
+        r.reusedSocket &&
+        attempt === 0 &&
+        RETRYABLE_METHODS.has(method) &&
+        body.bytes === 0 &&
+        !body.streamRest &&
+        (err.code === 'ECONNRESET' || err.code === 'EPIPE')
+      ) {
+        this.send(method, targetPath, headers, body, outBody, strip, 1);
+        return;
+      }
+      this.ctx.log.warn('upstream unreachable', { upstream: upstream.name, code: err.code ?? 'error' });
+      this.fail(
+        502,
+        'upstream_unreachable',
+        `tokenmeter: cannot reach upstream "${upstream.name}" (${err.code ?? 'network error'})`,
+      );
+      this.end({ kind: 'network', message: err.code ?? err.message, reachedUpstream: this.sent });
+    });
+    r.on('response', (upRes: IncomingMessage) => this.onResponse(upRes, strip));
+    if (body.streamRest) {
+      for (const c of body.chunks) r.write(c);
+      this.req.pipe(r);
+      this.req.resume();
+    } else r.end(outBody);
+  }
+
+  private onResponse(upRes: IncomingMessage, injected: boolean): void {
+    if (this.state === 'ended') {
+      upRes.destroy();
+      return;
+    }
+    const t0 = performance.now();
+    this.upResStarted = true;
+    this.state = 'responding';
+    this.armIdle();
+    const { res, meter } = this;
+    const status = upRes.statusCode ?? 502;
+    const ct = upRes.headers['content-type'] ?? '';
+    const strippable = injected && status >= 200 && status < 300 && /text\/event-stream/i.test(ct);
+    const encoding = String(upRes.headers['content-encoding'] ?? '')
+      .trim()
+      .toLowerCase();
+    const stripper =
+      strippable && (encoding === '' || encoding === 'identity') ? new UsageChunkStripper() : undefined;
+    let recoder: EncodedUsageChunkStripper | undefined;
+    if (strippable && !stripper) {
+      if (canRecode(encoding)) {
+        recoder = new EncodedUsageChunkStripper(
+          encoding,
+          (bytes) => {
+            if (!write(bytes)) pauseForDrain();
+          },
+          () => {
+            if (this.state === 'ended') return;
+            res.destroy();
+            this.end({ kind: 'upstream_reset', message: `undecodable ${encoding} stream` });
+          },
+        );
+      } else
+        // Constant key: the encoding comes from the upstream, so keying on it could grow the set.
+        this.ctx.log.once(
+          'unstrippable-encoding',
+          'warn',
+          'cannot remove the injected usage chunk from this encoding',
+          { upstream: this.upstream.name, encoding: encoding.slice(0, 32) },
+        );
+    }
+    const outHeaders = forwardableHeaders(
+      upRes.rawHeaders,
+      // Both the stripper and the re-encoder change the body's length: the upstream's is wrong then.
+      (h) => (stripper !== undefined || recoder !== undefined) && h === 'content-length',
+    );
+    res.sendDate = false; // pass the upstream's Date (or none), add nothing of our own
+    res.writeHead(status, upRes.statusMessage, outHeaders);
+    // The meter only takes note of the head here; its work on it runs after the response.
+    this.metering(() => meter!.onResponseHead(status, upRes.headers));
+    // Send the head on its own only if no body byte follows within this turn of the event loop
+    // (an SSE head before a slow first token); otherwise it leaves with the first chunk in one write.
+    setImmediate(() => {
+      if (!this.bytesToClient && !res.destroyed && this.state !== 'ended') res.flushHeaders();
+    });
+
+    const write = (b: Buffer): boolean => {
+      if (b.length === 0) return true;
+      const ok = res.write(b);
+      if (!this.bytesToClient) {
+        this.bytesToClient = true;
+        this.metering(() => meter!.onFirstByteToClient());
+      }
+      return ok;
+    };
+    res.once('close', () => recoder?.destroy());
+    const pauseForDrain = () => {
+      // Backpressure: a slow reader pauses the upstream read; that is not upstream idleness.
+      if (upRes.isPaused()) return;
+      upRes.pause();
+      if (this.idleTimer) clearTimeout(this.idleTimer);
+      this.idleTimer = undefined;
+      res.once('drain', () => {
+        if (this.state === 'ended') return;
+        this.armIdle();
+        upRes.resume();
+      });
+    };
+    upRes.on('data', (chunk: Buffer) => {
+      if (this.state === 'ended') return;
+      const c0 = performance.now();
+      this.idleTimer?.refresh();
+      let ok = true;
+      if (stripper) for (const part of stripper.push(chunk)) ok = write(part) && ok;
+      else if (recoder) recoder.push(chunk);
+      else ok = write(chunk);
+      this.overheadMs += performance.now() - c0;
+      // Bytes first, the meter's copy after.
+      this.metering(() => meter!.onResponseChunk(chunk));
+      if (!ok) pauseForDrain();
+    });
+    upRes.on('end', () => {
+      if (this.state === 'ended') return;
+      this.clearTimers();
+      const complete = () => {
+        if (this.state === 'ended') return;
+        res.end();
+        this.end({ kind: 'complete' });
+      };
+      if (stripper) for (const part of stripper.flush()) write(part);
+      if (recoder) recoder.end(complete);
+      else complete();
+    });
+    upRes.on('error', () => {
+      /* reported through 'close' below */
+    });
+    upRes.on('close', () => {
+      if (this.state === 'ended' || upRes.complete) return;
+      // The client connection was already gone (close() cut it after the shutdown grace, or the
+      // client left and its 'close' event is still queued): the upstream closing now is a
+      // consequence, so this is a client_abort, not an upstream fault (docs/proxy.md, Shutdown).
+      if (this.req.socket.destroyed) {
+        this.end({ kind: 'client_abort', reachedUpstream: true });
+        return;
+      }
+      res.destroy();
+      this.end({ kind: 'upstream_reset', message: 'upstream closed the connection mid-response' });
+    });
+    this.overheadMs += performance.now() - t0;
+  }
+
+  /** A meter call on the response path: it must never reach traffic, even if the meter breaks its contract. */
+  private metering(fn: () => void): void {
+    try {
+      fn();
+    } catch (err) {
+      this.ctx.health.internalError('meter');
+      this.ctx.log.once('meter-response', 'error', 'meter failed on the response path; traffic unaffected', {
+        error: (err as Error).message,
+      });
+    }
+  }
+
+  private armIdle(): void {
+    if (this.idleTimer) this.idleTimer.refresh();
+    else this.idleTimer = setTimeout(() => this.onTimeout('idle'), this.upstream.idleTimeoutMs);
+  }
+
+  private clearTimers(): void {
+    if (this.idleTimer) clearTimeout(this.idleTimer);
+    if (this.connectTimer) clearTimeout(this.connectTimer);
+    this.idleTimer = this.connectTimer = undefined;
+  }
+
+  private onTimeout(phase: 'connect' | 'idle'): void {
+    if (this.state === 'ended') return;
+    this.upReq?.destroy();
+    const ms = phase === 'connect' ? this.upstream.connectTimeoutMs : this.upstream.idleTimeoutMs;
+    this.fail(504, 'timeout', `tokenmeter: upstream "${this.upstream.name}" ${phase} timeout after ${ms} ms`);
+    this.end({ kind: 'timeout', phase, reachedUpstream: this.sent });
+  }
+
+  /** Answers with an endpoint-shaped error if nothing was sent yet; otherwise cuts the response. */
+  private fail(status: number, type: string, message: string): void {
+    const { res } = this;
+    if (!res.headersSent) {
+      const e = endpointError(this.pathOnly, status, type, message);
+      res.writeHead(e.status, e.headers);
+      res.end(e.body);
+    } else {
+      // Bytes already went out: a clean end would make a truncated stream look complete.
+      res.destroy();
+    }
+  }
+
+  /**
+   * The one end step. Runs once, whatever ends the exchange; the meter builds the record on a later
+   * turn of the event loop, and the in-flight count drops when it has been handed to the sinks.
+   */
+  end(outcome: MeterOutcome): void {
+    if (this.state === 'ended') return;
+    this.state = 'ended';
+    this.clearTimers();
+    const meter = this.meter;
+    const ctx = this.ctx;
+    const overheadS = this.overheadMs / 1000;
+    this.endPromise = (async () => {
+      try {
+        if (meter) await meter.finish(outcome, { overheadSeconds: overheadS });
+      } catch (err) {
+        // The meter never throws by contract; if it does, the request is still counted out.
+        ctx.health.internalError('meter');
+        ctx.log.once('meter-finish', 'error', 'meter.finish failed', { error: (err as Error).message });
+      } finally {
+        ctx.inflight.delete(this);
+      }
+    })();
+  }
+}
+
+/** Reads the request body up to `cap` bytes. Returns what was read, or undefined if the client left. */
+function bufferBody(req: IncomingMessage, cap: number): Promise<RequestBody | undefined> {
+  return new Promise((resolve) => {
+    const chunks: Buffer[] = [];
+    let bytes = 0;
+    const cleanup = () => {
+      req.off('data', onData);
+      req.off('end', onEnd);
+      req.off('error', onGone);
+      req.off('close', onClose);
+    };
+    const onData = (c: Buffer) => {
+      chunks.push(c);
+      bytes += c.length;
+      if (bytes > cap) {
+        req.pause();
+        cleanup();
+        resolve({ chunks, bytes, streamRest: true });
+      }
+    };
+    const onEnd = () => {
+      cleanup();
+      resolve({ chunks, bytes, streamRest: false });
+    };
+    const onGone = () => {
+      cleanup();
+      resolve(undefined);
+    };
+    const onClose = () => {
+      if (!req.complete) onGone();
+    };
+    req.on('data', onData);
+    req.on('end', onEnd);
+    req.on('error', onGone);
+    req.on('close', onClose);
+  });
+}

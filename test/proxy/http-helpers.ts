@@ -1,0 +1,82 @@
+/** Real HTTP servers and a raw client for the proxy tests (127.0.0.1 only). */
+import http, { type IncomingMessage, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+
+export type Handler = (req: IncomingMessage, res: ServerResponse, body: Buffer) => void;
+
+export interface TestUpstream {
+  url: string;
+  server: http.Server;
+  seen: Array<{ method: string; url: string; rawHeaders: string[]; body: Buffer }>;
+  close(): Promise<void>;
+}
+
+/** A real HTTP upstream on 127.0.0.1 that records what it received; closed by `cleanups`. */
+export async function startTestUpstream(
+  handler: Handler,
+  cleanups: Array<() => Promise<void>>,
+): Promise<TestUpstream> {
+  const seen: TestUpstream['seen'] = [];
+  const server = http.createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const body = Buffer.concat(chunks);
+      seen.push({ method: req.method!, url: req.url!, rawHeaders: req.rawHeaders, body });
+      handler(req, res, body);
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const port = (server.address() as AddressInfo).port;
+  const up: TestUpstream = {
+    url: `http://127.0.0.1:${port}`,
+    server,
+    seen,
+    close: () =>
+      new Promise((r) => {
+        server.closeAllConnections();
+        server.close(() => r());
+      }),
+  };
+  cleanups.push(up.close);
+  return up;
+}
+
+export interface RawResponse {
+  status: number;
+  rawHeaders: string[];
+  headers: http.IncomingHttpHeaders;
+  body: Buffer;
+}
+
+export function request(
+  url: string,
+  opts: {
+    method?: string;
+    headers?: Record<string, string> | string[];
+    body?: Buffer | string;
+    agent?: http.Agent;
+  } = {},
+): Promise<RawResponse> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(
+      url,
+      { method: opts.method ?? 'GET', headers: opts.headers, agent: opts.agent ?? false },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () =>
+          resolve({
+            status: res.statusCode!,
+            rawHeaders: res.rawHeaders,
+            headers: res.headers,
+            body: Buffer.concat(chunks),
+          }),
+        );
+        res.on('error', reject);
+      },
+    );
+    req.on('error', reject);
+    req.end(opts.body);
+  });
+}
