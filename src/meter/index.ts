@@ -209,14 +209,15 @@ class RequestMeterImpl implements RequestMeter {
         });
         const sse = this.sse;
         this.sideCopy = new SideCopy(enc, (chunk) => {
-          // The stream's first bytes are kept: if it turns out to carry no SSE event at all (an
-          // HTML page or a JSON body labelled text/event-stream), they say what it was.
-          if (this.streamHeadBytes < STREAM_HEAD_CAP) {
+          this.guard('sse', undefined, () => sse.feed(chunk));
+          // Until the stream has carried an SSE event, its first bytes are kept: if it never
+          // does (an HTML page or a JSON body labelled text/event-stream), they say what it was.
+          // A normal stream dispatches an event in its first chunk and keeps nothing.
+          if (this.sseEvents === 0 && this.streamHeadBytes < STREAM_HEAD_CAP) {
             const part = chunk.subarray(0, STREAM_HEAD_CAP - this.streamHeadBytes);
             this.streamHead.push(Buffer.from(part));
             this.streamHeadBytes += part.length;
-          }
-          this.guard('sse', undefined, () => sse.feed(chunk));
+          } else if (this.streamHead.length > 0) this.streamHead = [];
         });
       } else {
         // Non-streamed (or error) body: buffer the decoded copy, capped.
@@ -381,7 +382,7 @@ class RequestMeterImpl implements RequestMeter {
       if (bodyText !== undefined && !this.sse && status !== null && status < 400 && !this.bodyOverflow) {
         this.guard('decoder', undefined, () => decoder.onBody(bodyText));
       }
-      if (this.sse && this.sseEvents === 0 && this.streamHeadBytes > 0 && status !== null && status < 300) {
+      if (this.sse && this.sseEvents === 0 && this.streamHead.length > 0 && status !== null && status < 300) {
         this.guard('decoder', undefined, () => this.decodeEventlessStream(decoder));
       }
       decoded = this.guard('decoder', undefined, () => decoder.result());

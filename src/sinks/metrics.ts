@@ -23,6 +23,7 @@ import {
   OTHER,
   UNKNOWN,
 } from '../semconv.js';
+import { FastCounter, FastHistogram, type CounterSeries, type HistogramSeries } from './prom-fast.js';
 import type { HealthCounters, Sink } from './types.js';
 
 export interface MetricsSinkOptions {
@@ -102,69 +103,69 @@ export function createMetricsSink(opts: MetricsSinkOptions): MetricsSink {
   if (opts.collectDefault) collectDefaultMetrics({ register: registry });
   const reg = [registry];
 
-  const requests = new Counter({
-    name: METRIC.requests,
-    help: 'Requests proxied, by outcome.',
-    labelNames: LABELS.requests,
-    registers: reg,
-  });
-  const tokens = new Counter({
-    name: METRIC.tokens,
-    help: 'Tokens by type; the types partition the total (input is uncached input).',
-    labelNames: LABELS.tokens,
-    registers: reg,
-  });
-  const reasoningTokens = new Counter({
-    name: METRIC.reasoningTokens,
-    help: 'Reasoning tokens: the part of output tokens that was reasoning (already in type=output).',
-    labelNames: LABELS.reasoningTokens,
-    registers: reg,
-  });
-  const cost = new Counter({
-    name: METRIC.cost,
-    help: 'Cost in currency units (exact per request, summed here as a float); unpriced requests add nothing.',
-    labelNames: LABELS.cost,
-    registers: reg,
-  });
-  const upstreamReportedCost = new Counter({
-    name: METRIC.upstreamReportedCost,
-    help: 'Cost stated by the upstream in its responses, in currency units.',
-    labelNames: LABELS.upstreamReportedCost,
-    registers: reg,
-  });
-  const requestDuration = new Histogram({
-    name: METRIC.requestDuration,
-    help: 'Request duration from request start to the last byte (or abort), in seconds.',
-    labelNames: LABELS.requestDuration,
-    buckets: DURATION_BUCKETS,
-    registers: reg,
-  });
-  const ttft = new Histogram({
-    name: METRIC.timeToFirstToken,
-    help: 'Time to the first content byte of a streamed response, in seconds.',
-    labelNames: LABELS.timeToFirstToken,
-    buckets: TTFT_BUCKETS,
-    registers: reg,
-  });
-  const tpot = new Histogram({
-    name: METRIC.timePerOutputToken,
-    help: 'Time per output token after the first, for streams with at least 2 output tokens, in seconds.',
-    labelNames: LABELS.timePerOutputToken,
-    buckets: TPOT_BUCKETS,
-    registers: reg,
-  });
-  const usageUnreported = new Counter({
-    name: METRIC.usageUnreported,
-    help: 'Requests whose usage was not reported by the upstream (estimated locally, or missing).',
-    labelNames: LABELS.usageUnreported,
-    registers: reg,
-  });
-  const unpriced = new Counter({
-    name: METRIC.unpricedRequests,
-    help: 'Requests with no matching price entry (their cost is unknown, not zero).',
-    labelNames: LABELS.unpricedRequests,
-    registers: reg,
-  });
+  const requests = new FastCounter(
+    METRIC.requests,
+    'Requests proxied, by outcome.',
+    LABELS.requests,
+    registry,
+  );
+  const tokens = new FastCounter(
+    METRIC.tokens,
+    'Tokens by type; the types partition the total (input is uncached input).',
+    LABELS.tokens,
+    registry,
+  );
+  const reasoningTokens = new FastCounter(
+    METRIC.reasoningTokens,
+    'Reasoning tokens: the part of output tokens that was reasoning (already in type=output).',
+    LABELS.reasoningTokens,
+    registry,
+  );
+  const cost = new FastCounter(
+    METRIC.cost,
+    'Cost in currency units (exact per request, summed here as a float); unpriced requests add nothing.',
+    LABELS.cost,
+    registry,
+  );
+  const upstreamReportedCost = new FastCounter(
+    METRIC.upstreamReportedCost,
+    'Cost stated by the upstream in its responses, in currency units.',
+    LABELS.upstreamReportedCost,
+    registry,
+  );
+  const requestDuration = new FastHistogram(
+    METRIC.requestDuration,
+    'Request duration from request start to the last byte (or abort), in seconds.',
+    LABELS.requestDuration,
+    DURATION_BUCKETS,
+    registry,
+  );
+  const ttft = new FastHistogram(
+    METRIC.timeToFirstToken,
+    'Time to the first content byte of a streamed response, in seconds.',
+    LABELS.timeToFirstToken,
+    TTFT_BUCKETS,
+    registry,
+  );
+  const tpot = new FastHistogram(
+    METRIC.timePerOutputToken,
+    'Time per output token after the first, for streams with at least 2 output tokens, in seconds.',
+    LABELS.timePerOutputToken,
+    TPOT_BUCKETS,
+    registry,
+  );
+  const usageUnreported = new FastCounter(
+    METRIC.usageUnreported,
+    'Requests whose usage was not reported by the upstream (estimated locally, or missing).',
+    LABELS.usageUnreported,
+    registry,
+  );
+  const unpriced = new FastCounter(
+    METRIC.unpricedRequests,
+    'Requests with no matching price entry (their cost is unknown, not zero).',
+    LABELS.unpricedRequests,
+    registry,
+  );
   const ratelimitRemaining = new Gauge({
     name: METRIC.ratelimitRemaining,
     help: 'Remaining requests/tokens in the upstream rate-limit window (x-ratelimit-remaining-*).',
@@ -247,20 +248,20 @@ export function createMetricsSink(opts: MetricsSinkOptions): MetricsSink {
     labelNames: LABELS.sseOversizeEvents,
     registers: reg,
   });
-  const genAiTokenUsage = new Histogram({
-    name: METRIC.genAiTokenUsage,
-    help: 'OTel GenAI gen_ai.client.token.usage: tokens per request by gen_ai.token.type.',
-    labelNames: LABELS.genAiTokenUsage,
-    buckets: GEN_AI_TOKEN_BUCKETS,
-    registers: reg,
-  });
-  const genAiOperationDuration = new Histogram({
-    name: METRIC.genAiOperationDuration,
-    help: 'OTel GenAI gen_ai.client.operation.duration, in seconds.',
-    labelNames: LABELS.genAiOperationDuration,
-    buckets: GEN_AI_DURATION_BUCKETS,
-    registers: reg,
-  });
+  const genAiTokenUsage = new FastHistogram(
+    METRIC.genAiTokenUsage,
+    'OTel GenAI gen_ai.client.token.usage: tokens per request by gen_ai.token.type.',
+    LABELS.genAiTokenUsage,
+    GEN_AI_TOKEN_BUCKETS,
+    registry,
+  );
+  const genAiOperationDuration = new FastHistogram(
+    METRIC.genAiOperationDuration,
+    'OTel GenAI gen_ai.client.operation.duration, in seconds.',
+    LABELS.genAiOperationDuration,
+    GEN_AI_DURATION_BUCKETS,
+    registry,
+  );
   // Counters/gauges without labels only appear once touched; start them at 0 so dashboards and
   // alerts see the series from the first scrape (0 is a true value here, not an unknown).
   auditQueueDepth.set(0);
@@ -276,9 +277,8 @@ export function createMetricsSink(opts: MetricsSinkOptions): MetricsSink {
    * child up by a label object hashes every label on every call, which was a measurable part of
    * the per-request cost. Bounded because every label is.
    */
-  // Only what the write path calls, so children of metrics with different label sets fit.
-  type CounterChild = { inc(value?: number): void };
-  type HistogramChild = { observe(value: number): void };
+  type CounterChild = CounterSeries;
+  type HistogramChild = HistogramSeries;
   interface Children {
     tokens: Record<TokenType, CounterChild>;
     reasoning: CounterChild;
@@ -380,10 +380,9 @@ export function createMetricsSink(opts: MetricsSinkOptions): MetricsSink {
         child.inc(nanosToUnits(r.cost_nanos));
       }
       if (r.upstream_reported_cost_nanos !== null && r.upstream_reported_currency !== null) {
-        upstreamReportedCost.inc(
-          { upstream, app, model, currency: r.upstream_reported_currency },
-          nanosToUnits(r.upstream_reported_cost_nanos),
-        );
+        upstreamReportedCost
+          .labels({ upstream, app, model, currency: r.upstream_reported_currency })
+          .inc(nanosToUnits(r.upstream_reported_cost_nanos));
       }
 
       const durationS = r.duration_ms / 1000;

@@ -39,6 +39,7 @@ const COLON = 0x3a;
 const SPACE = 0x20;
 const DEFAULT_MAX_EVENT_BYTES = 8 * 1024 * 1024;
 const INITIAL_LINE_BUFFER = 4096;
+const EMPTY_LINE_BUFFER = Buffer.alloc(0);
 /** A line buffer grown past this for one huge line is released once that line is done. */
 const KEEP_LINE_BUFFER = 64 * 1024;
 const EMPTY = Buffer.alloc(0);
@@ -53,7 +54,9 @@ export class SseParser {
    * Bytes of the current, not yet terminated line carried over from earlier chunks, in one
    * growable buffer (tiny chunks would otherwise mean one allocation per byte).
    */
-  private lineBuf: Buffer = Buffer.allocUnsafe(INITIAL_LINE_BUFFER);
+  // Allocated on the first line that crosses a chunk boundary: most events arrive whole, and a
+  // parser per stream should not cost 4 KiB up front.
+  private lineBuf: Buffer = EMPTY_LINE_BUFFER;
   private pendingLength = 0;
   /** The previous chunk ended with CR: a LF starting the next chunk belongs to that line end. */
   private lastWasCR = false;
@@ -146,7 +149,7 @@ export class SseParser {
   private appendPending(buf: Buffer, start: number, end: number): void {
     const needed = this.pendingLength + (end - start);
     if (needed > this.lineBuf.length) {
-      const grown = Buffer.allocUnsafe(Math.max(needed, this.lineBuf.length * 2));
+      const grown = Buffer.allocUnsafe(Math.max(needed, INITIAL_LINE_BUFFER, this.lineBuf.length * 2));
       this.lineBuf.copy(grown, 0, 0, this.pendingLength);
       this.lineBuf = grown;
     }

@@ -107,7 +107,13 @@ export class WriterThread implements WriterBackend {
     script?: URL,
   ) {
     const entry = threadEntry(script);
-    this.worker = new Worker(entry.filename, { ...entry.options, workerData: setup });
+    this.worker = new Worker(entry.filename, {
+      ...entry.options,
+      workerData: setup,
+      // The thread holds one batch at a time: a small heap keeps the process's RSS flat instead of
+      // letting V8 size a second full heap for it (measured: +80 MiB under load without limits).
+      resourceLimits: { maxYoungGenerationSizeMb: 4, maxOldGenerationSizeMb: 64 },
+    });
     // Idle, the thread must not keep the process alive (like the unref'd flush timer); a call in
     // flight does (`ref` in `call`), so an awaited flush() always gets its answer.
     this.worker.unref();
