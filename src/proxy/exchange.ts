@@ -59,7 +59,6 @@ export class Exchange {
   /** Time tokenmeter itself spent on this request (µs-level work: read → upstream write, chunk → client write). */
   private overheadMs = 0;
   private readonly pathOnly: string;
-  private endPromise: Promise<void> | undefined;
 
   constructor(
     private readonly ctx: ProxyContext,
@@ -84,11 +83,6 @@ export class Exchange {
         error: (err as Error).message,
       });
     }
-  }
-
-  /** Resolves when the end step has finished (record emitted), or at once if it never started. */
-  done(): Promise<void> {
-    return this.endPromise ?? Promise.resolve();
   }
 
   private async forward(): Promise<void> {
@@ -483,7 +477,7 @@ export class Exchange {
     const meter = this.meter;
     const ctx = this.ctx;
     const overheadS = this.overheadMs / 1000;
-    this.endPromise = (async () => {
+    void (async () => {
       try {
         if (meter) await meter.finish(outcome, { overheadSeconds: overheadS });
       } catch (err) {
