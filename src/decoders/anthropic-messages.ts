@@ -16,16 +16,14 @@
 import type { Usage } from '../record.js';
 import type { SseEvent } from '../sse/types.js';
 import {
-  buildResult,
   costFrom,
-  Diagnostics,
   errorFrom,
   normaliseFinishReason,
   obj,
   str,
-  TextSink,
   UsageFields,
   type JsonObject,
+  ResponseFacts,
 } from './shared.js';
 import type { DecodedResponse, UsageDecoder } from './types.js';
 
@@ -72,17 +70,11 @@ export function partitionAnthropicUsage(c: AnthropicCounts, outputKnown: boolean
 }
 
 export class AnthropicMessagesDecoder implements UsageDecoder {
+  private readonly facts = new ResponseFacts();
   readonly operation = 'messages' as const;
   private readonly counts: AnthropicCounts = {};
   private sawUsage = false;
   private outputKnown = false;
-  private responseModel: string | undefined;
-  private finishReason: string | undefined;
-  private streamError: DecodedResponse['streamError'];
-  private upstreamCost: DecodedResponse['upstreamCost'];
-  private upstreamRequestId: string | undefined;
-  private readonly text = new TextSink();
-  private readonly diagnostics = new Diagnostics();
   /**
    * A usage object was not plausible. The report is assembled from several objects
    * (message_start + message_delta), so with one missing it is incomplete: not reported, and
@@ -93,9 +85,9 @@ export class AnthropicMessagesDecoder implements UsageDecoder {
   onEvent(event: SseEvent): void {
     const data = event.data.trim();
     if (data === '' || data === '[DONE]') return;
-    const payload = obj(this.diagnostics.readEventData(data, event.event === 'error'));
+    const payload = obj(this.facts.diagnostics.readEventData(data, event.event === 'error'));
     if (!payload) {
-      if (event.event === 'error') this.streamError = { message: data };
+      if (event.event === 'error') this.facts.streamError = { message: data };
       return;
     }
     switch (str(payload.type) ?? event.event) {
@@ -109,26 +101,26 @@ export class AnthropicMessagesDecoder implements UsageDecoder {
       }
       case 'content_block_start': {
         const block = obj(payload.content_block);
-        this.text.add(block?.text);
-        this.text.add(block?.thinking);
+        this.facts.text.add(block?.text);
+        this.facts.text.add(block?.thinking);
         break;
       }
       case 'content_block_delta': {
         const delta = obj(payload.delta);
-        this.text.add(delta?.text); // text_delta
-        this.text.add(delta?.thinking); // thinking_delta
-        this.text.add(delta?.partial_json); // input_json_delta (tool use)
+        this.facts.text.add(delta?.text); // text_delta
+        this.facts.text.add(delta?.thinking); // thinking_delta
+        this.facts.text.add(delta?.partial_json); // input_json_delta (tool use)
         break;
       }
       case 'message_delta': {
         const finish = normaliseFinishReason(obj(payload.delta)?.stop_reason);
-        if (finish !== undefined) this.finishReason = finish;
+        if (finish !== undefined) this.facts.finishReason = finish;
         const usage = obj(payload.usage);
         if (usage) this.addUsage(usage, true);
         break;
       }
       case 'error':
-        this.streamError = errorFrom(payload.error ?? payload) ?? { message: 'error' };
+        this.facts.streamError = errorFrom(payload.error ?? payload) ?? { message: 'error' };
         break;
       default:
         break;
@@ -136,26 +128,27 @@ export class AnthropicMessagesDecoder implements UsageDecoder {
   }
 
   onBody(body: string): void {
-    const message = this.diagnostics.readBody(body, (e) => this.onEvent(e));
+    const message = this.facts.diagnostics.readBody(body, (e) => this.onEvent(e));
     if (!message) return;
     if (message.type === 'error') {
-      this.streamError = errorFrom(message.error) ?? { message: 'error' };
-      this.upstreamRequestId ??= str(message.request_id);
+      this.facts.streamError = errorFrom(message.error) ?? { message: 'error' };
+      this.facts.upstreamRequestId ??= str(message.request_id);
       return;
     }
     // A body without an error (or with `"error": {}`) must not erase one already seen.
-    this.streamError = errorFrom(message.error) ?? this.streamError;
+    this.facts.streamError = errorFrom(message.error) ?? this.facts.streamError;
     this.onMessageHeader(message);
     const content = Array.isArray(message.content) ? message.content : [];
     for (const item of content) {
       const block = obj(item);
       if (!block) continue;
-      this.text.add(block.text);
-      this.text.add(block.thinking);
-      if (block.type === 'tool_use' && block.input !== undefined) this.text.add(JSON.stringify(block.input));
+      this.facts.text.add(block.text);
+      this.facts.text.add(block.thinking);
+      if (block.type === 'tool_use' && block.input !== undefined)
+        this.facts.text.add(JSON.stringify(block.input));
     }
     const finish = normaliseFinishReason(message.stop_reason);
-    if (finish !== undefined) this.finishReason = finish;
+    if (finish !== undefined) this.facts.finishReason = finish;
     const usage = obj(message.usage);
     if (usage) this.addUsage(usage, true);
   }
@@ -163,36 +156,23 @@ export class AnthropicMessagesDecoder implements UsageDecoder {
   result(): DecodedResponse {
     const reported = this.sawUsage && this.outputKnown && !this.usageRejected;
     const usage = this.sawUsage ? partitionAnthropicUsage(this.counts, reported) : undefined;
-    return buildResult(
-      {
-        usage,
-        usageReported: reported,
-        responseModel: this.responseModel,
-        finishReason: this.finishReason,
-        streamError: this.streamError,
-        outputText: this.text.toString(),
-        outputTextDroppedChars: this.text.dropped,
-        upstreamCost: this.upstreamCost,
-        upstreamRequestId: this.upstreamRequestId,
-      },
-      this.diagnostics,
-    );
+    return this.facts.result(usage, reported);
   }
 
   private onMessageHeader(message: JsonObject): void {
-    this.upstreamRequestId ??= str(message.id);
-    this.responseModel = str(message.model) ?? this.responseModel;
+    this.facts.upstreamRequestId ??= str(message.id);
+    this.facts.responseModel = str(message.model) ?? this.facts.responseModel;
   }
 
   private addUsage(raw: JsonObject, final: boolean): void {
     const fields = new UsageFields(raw);
     const counts = readCounts(fields);
-    if (!this.diagnostics.accept(fields)) {
+    if (!this.facts.diagnostics.accept(fields)) {
       this.usageRejected = true;
       return;
     }
     mergeCounts(this.counts, counts);
-    this.upstreamCost = costFrom(raw.cost) ?? this.upstreamCost;
+    this.facts.upstreamCost = costFrom(raw.cost) ?? this.facts.upstreamCost;
     this.sawUsage = true;
     if (final && counts.output !== undefined) this.outputKnown = true;
   }

@@ -6,51 +6,36 @@
  */
 import type { Usage } from '../record.js';
 import type { SseEvent } from '../sse/types.js';
-import { buildResult, Diagnostics, errorFrom, obj, str, UsageFields, type JsonObject } from './shared.js';
+import { errorFrom, obj, str, UsageFields, type JsonObject, ResponseFacts } from './shared.js';
 import type { DecodedResponse, UsageDecoder } from './types.js';
 
 export class EmbeddingsDecoder implements UsageDecoder {
+  private readonly facts = new ResponseFacts();
   readonly operation = 'embeddings' as const;
   private usage: Usage | undefined;
-  private responseModel: string | undefined;
-  private streamError: DecodedResponse['streamError'];
-  private upstreamRequestId: string | undefined;
-  private readonly diagnostics = new Diagnostics();
 
   onEvent(event: SseEvent): void {
     // Embeddings are not streamed; a relay that frames the body as one SSE event is still read.
     const data = event.data.trim();
     if (data === '' || data === '[DONE]') return;
-    const payload = obj(this.diagnostics.readEventData(data, event.event === 'error'));
+    const payload = obj(this.facts.diagnostics.readEventData(data, event.event === 'error'));
     if (payload) this.onPayload(payload);
   }
 
   onBody(body: string): void {
-    const parsed = this.diagnostics.readBody(body, (e) => this.onEvent(e));
+    const parsed = this.facts.diagnostics.readBody(body, (e) => this.onEvent(e));
     if (parsed) this.onPayload(parsed);
   }
 
   result(): DecodedResponse {
-    return buildResult(
-      {
-        usage: this.usage,
-        usageReported: this.usage !== undefined,
-        responseModel: this.responseModel,
-        finishReason: undefined,
-        streamError: this.streamError,
-        outputText: '',
-        upstreamCost: undefined,
-        upstreamRequestId: this.upstreamRequestId,
-      },
-      this.diagnostics,
-    );
+    return this.facts.result(this.usage, this.usage !== undefined);
   }
 
   private onPayload(parsed: JsonObject): void {
     // A later body without an error (or with `"error": {}`) must not erase one already seen.
-    this.streamError = errorFrom(parsed.error) ?? this.streamError;
-    this.responseModel = str(parsed.model) ?? this.responseModel;
-    this.upstreamRequestId ??= str(parsed.request_id) ?? str(parsed.id);
+    this.facts.streamError = errorFrom(parsed.error) ?? this.facts.streamError;
+    this.facts.responseModel = str(parsed.model) ?? this.facts.responseModel;
+    this.facts.upstreamRequestId ??= str(parsed.request_id) ?? str(parsed.id);
     const raw = obj(parsed.usage);
     if (!raw) return;
     const fields = new UsageFields(raw);
@@ -58,7 +43,7 @@ export class EmbeddingsDecoder implements UsageDecoder {
     const prompt = fields.get('prompt_tokens');
     const inputTokens = fields.get('input_tokens');
     const total = fields.get('total_tokens');
-    if (!this.diagnostics.accept(fields)) {
+    if (!this.facts.diagnostics.accept(fields)) {
       this.usage = undefined; // the last report decides, as in the other decoders
       return;
     }

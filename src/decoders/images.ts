@@ -9,8 +9,6 @@ import type { Usage } from '../record.js';
 import type { SseEvent } from '../sse/types.js';
 import { partitionResponsesUsage } from './openai-responses.js';
 import {
-  buildResult,
-  Diagnostics,
   errorFrom,
   isPlaceholder,
   MAX_IMAGES_PER_REQUEST,
@@ -19,17 +17,15 @@ import {
   str,
   UsageFields,
   type JsonObject,
+  ResponseFacts,
 } from './shared.js';
 import type { DecodedResponse, UsageDecoder } from './types.js';
 
 export class ImagesDecoder implements UsageDecoder {
+  private readonly facts = new ResponseFacts();
   readonly operation = 'image_generation' as const;
   private images: number | undefined;
   private tokens: Usage | undefined;
-  private responseModel: string | undefined;
-  private streamError: DecodedResponse['streamError'];
-  private upstreamRequestId: string | undefined;
-  private readonly diagnostics = new Diagnostics();
   /**
    * A token report was not plausible. Streamed reports are per image and added, so the sum is
    * unknown from then on (a partial sum would under-state); the image count stays known.
@@ -41,7 +37,7 @@ export class ImagesDecoder implements UsageDecoder {
   onEvent(event: SseEvent): void {
     const data = event.data.trim();
     if (data === '' || data === '[DONE]') return;
-    const payload = obj(this.diagnostics.readEventData(data, event.event === 'error'));
+    const payload = obj(this.facts.diagnostics.readEventData(data, event.event === 'error'));
     if (!payload) return;
     const type = str(payload.type) ?? event.event;
     if (type === 'image_generation.completed') {
@@ -49,17 +45,17 @@ export class ImagesDecoder implements UsageDecoder {
       this.setImages(this.images === undefined ? 1 : this.images + 1);
       this.readUsage(payload);
     } else if (type === 'error' || (payload.error !== undefined && payload.error !== null)) {
-      this.streamError = errorFrom(payload.error ?? payload) ?? { message: 'error' };
+      this.facts.streamError = errorFrom(payload.error ?? payload) ?? { message: 'error' };
     }
   }
 
   onBody(body: string): void {
-    const parsed = this.diagnostics.readBody(body, (e) => this.onEvent(e));
+    const parsed = this.facts.diagnostics.readBody(body, (e) => this.onEvent(e));
     if (!parsed) return;
     // A later body without an error (or with `"error": {}`) must not erase one already seen.
-    this.streamError = errorFrom(parsed.error) ?? this.streamError;
-    this.responseModel = str(parsed.model) ?? this.responseModel;
-    this.upstreamRequestId ??= str(parsed.request_id) ?? str(parsed.id);
+    this.facts.streamError = errorFrom(parsed.error) ?? this.facts.streamError;
+    this.facts.responseModel = str(parsed.model) ?? this.facts.responseModel;
+    this.facts.upstreamRequestId ??= str(parsed.request_id) ?? str(parsed.id);
     if (Array.isArray(parsed.data)) this.setImages(parsed.data.length);
     this.readUsage(parsed);
   }
@@ -70,26 +66,14 @@ export class ImagesDecoder implements UsageDecoder {
     // Images without token usage report just the count (the billable unit); no token is claimed.
     const usage: Usage | undefined =
       images === undefined && tokens === undefined ? undefined : { ...tokens, images };
-    return buildResult(
-      {
-        usage,
-        usageReported: usage !== undefined,
-        responseModel: this.responseModel,
-        finishReason: undefined,
-        streamError: this.streamError,
-        outputText: '',
-        upstreamCost: undefined,
-        upstreamRequestId: this.upstreamRequestId,
-      },
-      this.diagnostics,
-    );
+    return this.facts.result(usage, usage !== undefined);
   }
 
   private setImages(n: number): void {
     this.images = n;
     if (readCount(n, MAX_IMAGES_PER_REQUEST) === null && !this.imagesImplausible) {
       this.imagesImplausible = true;
-      this.diagnostics.note('usage_implausible:images');
+      this.facts.diagnostics.note('usage_implausible:images');
     }
   }
 
@@ -98,7 +82,7 @@ export class ImagesDecoder implements UsageDecoder {
     if (!raw) return;
     const fields = new UsageFields(raw);
     const usage = partitionResponsesUsage(fields);
-    if (!this.diagnostics.accept(fields)) {
+    if (!this.facts.diagnostics.accept(fields)) {
       this.tokensRejected = true;
       return;
     }

@@ -14,18 +14,16 @@
 import type { Usage } from '../record.js';
 import type { SseEvent } from '../sse/types.js';
 import {
-  buildResult,
   costFrom,
   count,
-  Diagnostics,
   errorFrom,
   isPlaceholder,
   minus,
   normaliseFinishReason,
   obj,
   str,
-  TextSink,
   UsageFields,
+  ResponseFacts,
 } from './shared.js';
 import type { DecodedResponse, UsageDecoder } from './types.js';
 
@@ -64,14 +62,8 @@ export function partitionOpenAiUsage(f: UsageFields): Usage {
 }
 
 export class OpenAiChatDecoder implements UsageDecoder {
+  private readonly facts = new ResponseFacts();
   private usage: Usage | undefined;
-  private responseModel: string | undefined;
-  private finishReason: string | undefined;
-  private streamError: DecodedResponse['streamError'];
-  private upstreamCost: DecodedResponse['upstreamCost'];
-  private upstreamRequestId: string | undefined;
-  private readonly text = new TextSink();
-  private readonly diagnostics = new Diagnostics();
   /** The last usage object seen was not plausible: no report stands (an earlier one may be partial). */
   private lastUsageRejected = false;
 
@@ -80,10 +72,10 @@ export class OpenAiChatDecoder implements UsageDecoder {
   onEvent(event: SseEvent): void {
     const data = event.data.trim();
     if (data === '' || data === '[DONE]') return;
-    const parsed = this.diagnostics.readEventData(data, event.event === 'error');
+    const parsed = this.facts.diagnostics.readEventData(data, event.event === 'error');
     if (event.event === 'error') {
       // Some relays send `event: error` with a bare message or an OpenAI error envelope.
-      this.streamError = errorFrom(obj(parsed)?.error ?? parsed ?? data) ?? { message: data };
+      this.facts.streamError = errorFrom(obj(parsed)?.error ?? parsed ?? data) ?? { message: data };
       return;
     }
     const chunk = obj(parsed);
@@ -91,40 +83,27 @@ export class OpenAiChatDecoder implements UsageDecoder {
   }
 
   onBody(body: string): void {
-    const parsed = this.diagnostics.readBody(body, (e) => this.onEvent(e));
+    const parsed = this.facts.diagnostics.readBody(body, (e) => this.onEvent(e));
     if (parsed) this.onChunk(parsed);
   }
 
   result(): DecodedResponse {
     const usage = this.lastUsageRejected ? undefined : this.usage;
-    return buildResult(
-      {
-        usage,
-        usageReported: usage !== undefined,
-        responseModel: this.responseModel,
-        finishReason: this.finishReason,
-        streamError: this.streamError,
-        outputText: this.text.toString(),
-        outputTextDroppedChars: this.text.dropped,
-        upstreamCost: this.upstreamCost,
-        upstreamRequestId: this.upstreamRequestId,
-      },
-      this.diagnostics,
-    );
+    return this.facts.result(usage, usage !== undefined);
   }
 
   private onChunk(chunk: Record<string, unknown>): void {
     const error = errorFrom(chunk.error);
-    if (error) this.streamError = error;
+    if (error) this.facts.streamError = error;
     // MiniMax reports failures as `base_resp: {status_code, status_msg}` inside an HTTP 200
     // (platform.minimaxi.com, "错误码"); status_code 0 means success.
     const baseResp = obj(chunk.base_resp);
     const baseStatus = baseResp ? count(baseResp.status_code) : undefined;
     if (baseResp && baseStatus !== undefined && baseStatus !== 0) {
-      this.streamError = { message: str(baseResp.status_msg) ?? 'error', code: String(baseStatus) };
+      this.facts.streamError = { message: str(baseResp.status_msg) ?? 'error', code: String(baseStatus) };
     }
-    this.upstreamRequestId ??= str(chunk.request_id) ?? str(chunk.id);
-    this.responseModel = str(chunk.model) ?? this.responseModel;
+    this.facts.upstreamRequestId ??= str(chunk.request_id) ?? str(chunk.id);
+    this.facts.responseModel = str(chunk.model) ?? this.facts.responseModel;
 
     const choices = Array.isArray(chunk.choices) ? chunk.choices : [];
     for (const item of choices) {
@@ -132,14 +111,14 @@ export class OpenAiChatDecoder implements UsageDecoder {
       if (!choice) continue;
       for (const message of [obj(choice.delta), obj(choice.message)]) {
         if (!message) continue;
-        this.text.add(message.reasoning_content); // DeepSeek-reasoner, Qwen, GLM thinking
-        this.text.add(message.reasoning); // OpenRouter-style reasoning text
-        this.text.add(message.content);
+        this.facts.text.add(message.reasoning_content); // DeepSeek-reasoner, Qwen, GLM thinking
+        this.facts.text.add(message.reasoning); // OpenRouter-style reasoning text
+        this.facts.text.add(message.content);
         this.addToolCallText(message.tool_calls);
       }
-      this.text.add(choice.text); // legacy text completions
+      this.facts.text.add(choice.text); // legacy text completions
       const finish = normaliseFinishReason(choice.finish_reason);
-      if (finish !== undefined) this.finishReason = finish;
+      if (finish !== undefined) this.facts.finishReason = finish;
       this.considerUsage(choice.usage); // Moonshot/Kimi: usage inside choices[0]
     }
     this.considerUsage(chunk.usage);
@@ -151,8 +130,8 @@ export class OpenAiChatDecoder implements UsageDecoder {
     for (const call of toolCalls) {
       const fn = obj(obj(call)?.function);
       if (!fn) continue;
-      this.text.add(fn.name);
-      this.text.add(fn.arguments);
+      this.facts.text.add(fn.name);
+      this.facts.text.add(fn.arguments);
     }
   }
 
@@ -161,13 +140,13 @@ export class OpenAiChatDecoder implements UsageDecoder {
     if (!raw) return;
     const fields = new UsageFields(raw);
     const usage = partitionOpenAiUsage(fields);
-    if (!this.diagnostics.accept(fields)) {
+    if (!this.facts.diagnostics.accept(fields)) {
       // Last report decides: a cumulative stream's earlier figure is partial, so none stands now.
       this.lastUsageRejected = true;
       return;
     }
     const cost = costFrom(raw.cost);
-    if (cost) this.upstreamCost = cost;
+    if (cost) this.facts.upstreamCost = cost;
     if (isPlaceholder(usage)) return;
     this.usage = usage; // replace, never add (repeated / cumulative reports)
     this.lastUsageRejected = false;

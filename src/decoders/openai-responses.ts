@@ -9,17 +9,15 @@
 import type { Usage } from '../record.js';
 import type { SseEvent } from '../sse/types.js';
 import {
-  buildResult,
   costFrom,
-  Diagnostics,
   errorFrom,
   isPlaceholder,
   minus,
   normaliseFinishReason,
   obj,
   str,
-  TextSink,
   UsageFields,
+  ResponseFacts,
 } from './shared.js';
 import type { DecodedResponse, UsageDecoder } from './types.js';
 
@@ -41,32 +39,26 @@ const TEXT_DELTA_EVENTS = new Set([
 ]);
 
 export class OpenAiResponsesDecoder implements UsageDecoder {
+  private readonly facts = new ResponseFacts();
   readonly operation = 'responses' as const;
   private usage: Usage | undefined;
-  private responseModel: string | undefined;
-  private finishReason: string | undefined;
-  private streamError: DecodedResponse['streamError'];
-  private upstreamCost: DecodedResponse['upstreamCost'];
-  private upstreamRequestId: string | undefined;
-  private readonly text = new TextSink();
   /** Text came from deltas; the terminal response's output must not add it a second time. */
   private sawDeltas = false;
-  private readonly diagnostics = new Diagnostics();
   /** The last usage object seen was not plausible: no report stands. */
   private lastUsageRejected = false;
 
   onEvent(event: SseEvent): void {
     const data = event.data.trim();
     if (data === '' || data === '[DONE]') return;
-    const payload = obj(this.diagnostics.readEventData(data, event.event === 'error'));
+    const payload = obj(this.facts.diagnostics.readEventData(data, event.event === 'error'));
     if (!payload) {
-      if (event.event === 'error') this.streamError = { message: data };
+      if (event.event === 'error') this.facts.streamError = { message: data };
       return;
     }
     const type = str(payload.type) ?? event.event;
     if (type !== undefined && TEXT_DELTA_EVENTS.has(type)) {
       this.sawDeltas = true;
-      this.text.add(payload.delta);
+      this.facts.text.add(payload.delta);
       return;
     }
     switch (type) {
@@ -81,48 +73,35 @@ export class OpenAiResponsesDecoder implements UsageDecoder {
         break;
       case 'error':
         // Stream-level error event: {type:"error", code, message, param}.
-        this.streamError = errorFrom(payload.error ?? payload) ?? { message: data };
+        this.facts.streamError = errorFrom(payload.error ?? payload) ?? { message: data };
         break;
       default: {
         const error = type === undefined ? errorFrom(payload.error) : undefined;
-        if (error) this.streamError = error;
+        if (error) this.facts.streamError = error;
       }
     }
   }
 
   onBody(body: string): void {
-    const parsed = this.diagnostics.readBody(body, (e) => this.onEvent(e));
+    const parsed = this.facts.diagnostics.readBody(body, (e) => this.onEvent(e));
     if (!parsed) return;
     if (parsed.object === 'response' || parsed.output !== undefined || parsed.usage !== undefined) {
       this.onResponse(parsed, true);
     } else {
       // A body without an error (or with `"error": {}`) must not erase one already seen.
-      this.streamError = errorFrom(parsed.error) ?? this.streamError;
+      this.facts.streamError = errorFrom(parsed.error) ?? this.facts.streamError;
     }
   }
 
   result(): DecodedResponse {
     const usage = this.lastUsageRejected ? undefined : this.usage;
-    return buildResult(
-      {
-        usage,
-        usageReported: usage !== undefined,
-        responseModel: this.responseModel,
-        finishReason: this.finishReason,
-        streamError: this.streamError,
-        outputText: this.text.toString(),
-        outputTextDroppedChars: this.text.dropped,
-        upstreamCost: this.upstreamCost,
-        upstreamRequestId: this.upstreamRequestId,
-      },
-      this.diagnostics,
-    );
+    return this.facts.result(usage, usage !== undefined);
   }
 
   private onResponse(response: Record<string, unknown> | undefined, terminal: boolean): void {
     if (!response) return;
-    this.upstreamRequestId ??= str(response.id);
-    this.responseModel = str(response.model) ?? this.responseModel;
+    this.facts.upstreamRequestId ??= str(response.id);
+    this.facts.responseModel = str(response.model) ?? this.facts.responseModel;
     if (!terminal) return;
 
     const output = Array.isArray(response.output) ? response.output : [];
@@ -132,31 +111,31 @@ export class OpenAiResponsesDecoder implements UsageDecoder {
       if (!o) continue;
       if (o.type === 'function_call' || o.type === 'custom_tool_call') calledTool = true;
       if (this.sawDeltas) continue;
-      if (o.type === 'function_call') this.text.add(o.arguments);
+      if (o.type === 'function_call') this.facts.text.add(o.arguments);
       const parts = [
         ...(Array.isArray(o.content) ? o.content : []),
         ...(Array.isArray(o.summary) ? o.summary : []),
       ];
-      for (const part of parts) this.text.add(obj(part)?.text);
+      for (const part of parts) this.facts.text.add(obj(part)?.text);
     }
 
     const status = str(response.status);
-    if (status === 'completed') this.finishReason = calledTool ? 'tool_calls' : 'stop';
+    if (status === 'completed') this.facts.finishReason = calledTool ? 'tool_calls' : 'stop';
     else if (status === 'incomplete') {
-      this.finishReason = normaliseFinishReason(obj(response.incomplete_details)?.reason) ?? 'length';
+      this.facts.finishReason = normaliseFinishReason(obj(response.incomplete_details)?.reason) ?? 'length';
     } else if (status === 'failed') {
-      this.streamError = errorFrom(response.error) ?? { message: 'response failed' };
+      this.facts.streamError = errorFrom(response.error) ?? { message: 'response failed' };
     }
 
     const rawUsage = obj(response.usage);
     if (rawUsage) {
       const fields = new UsageFields(rawUsage);
       const usage = partitionResponsesUsage(fields);
-      if (!this.diagnostics.accept(fields)) {
+      if (!this.facts.diagnostics.accept(fields)) {
         this.lastUsageRejected = true;
         return;
       }
-      this.upstreamCost = costFrom(rawUsage.cost) ?? this.upstreamCost;
+      this.facts.upstreamCost = costFrom(rawUsage.cost) ?? this.facts.upstreamCost;
       if (!isPlaceholder(usage)) {
         this.usage = usage;
         this.lastUsageRejected = false;

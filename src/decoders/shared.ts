@@ -372,31 +372,34 @@ export class Diagnostics {
   }
 }
 
-/** Builds the DecodedResponse shape with absent (not undefined-valued) optional fields. */
-export function buildResult(
-  r: {
-    usage: Usage | undefined;
-    usageReported: boolean;
-    responseModel: string | undefined;
-    finishReason: string | undefined;
-    streamError: DecodedResponse['streamError'];
-    outputText: string;
-    outputTextDroppedChars?: number;
-    upstreamCost: DecodedResponse['upstreamCost'];
-    upstreamRequestId: string | undefined;
-  },
-  diagnostics: Diagnostics,
-): DecodedResponse {
-  const out: DecodedResponse = {
-    usage: r.usage ? compactUsage(r.usage) : {},
-    usageReported: r.usageReported,
-    outputText: r.outputText,
-  };
-  if (r.outputTextDroppedChars) out.outputTextDroppedChars = r.outputTextDroppedChars;
-  if (r.responseModel !== undefined) out.responseModel = r.responseModel;
-  if (r.finishReason !== undefined) out.finishReason = capText(r.finishReason, MAX_FINISH_REASON_CHARS);
-  if (r.streamError !== undefined) out.streamError = r.streamError;
-  if (r.upstreamCost !== undefined) out.upstreamCost = r.upstreamCost;
-  if (r.upstreamRequestId !== undefined) out.upstreamRequestId = capText(r.upstreamRequestId, MAX_ID_CHARS);
-  return diagnostics.finish(out);
+/**
+ * What every decoder learns besides usage, filled as events or the body arrive, and the one place
+ * that turns it into a DecodedResponse (caps applied, diagnostics added). Each decoder owns one.
+ */
+export class ResponseFacts {
+  responseModel: string | undefined;
+  finishReason: string | undefined;
+  streamError: DecodedResponse['streamError'];
+  upstreamCost: DecodedResponse['upstreamCost'];
+  upstreamRequestId: string | undefined;
+  /** Generated text for estimation; stays empty for operations without text (embeddings, images). */
+  readonly text = new TextSink();
+  readonly diagnostics = new Diagnostics();
+
+  result(usage: Usage | undefined, usageReported: boolean): DecodedResponse {
+    const out: DecodedResponse = {
+      usage: usage ? compactUsage(usage) : {},
+      usageReported,
+      outputText: this.text.toString(),
+    };
+    if (this.text.dropped) out.outputTextDroppedChars = this.text.dropped;
+    if (this.responseModel !== undefined) out.responseModel = this.responseModel;
+    if (this.finishReason !== undefined)
+      out.finishReason = capText(this.finishReason, MAX_FINISH_REASON_CHARS);
+    if (this.streamError !== undefined) out.streamError = this.streamError;
+    if (this.upstreamCost !== undefined) out.upstreamCost = this.upstreamCost;
+    if (this.upstreamRequestId !== undefined)
+      out.upstreamRequestId = capText(this.upstreamRequestId, MAX_ID_CHARS);
+    return this.diagnostics.finish(out);
+  }
 }
