@@ -95,6 +95,23 @@ async function serve(
   };
 }
 
+/** A proxy server with this meter (no runtime), and one chat request through it. */
+async function proxyOnce(upstreamUrl: string, meter: Meter, health?: HealthCounters) {
+  const proxy = createProxyServer({
+    settings: testSettings([upstreamSettings('default', upstreamUrl)]),
+    meter,
+    log: SILENT_LOGGER,
+    health,
+  });
+  const addr = await proxy.listen();
+  cleanups.push(() => proxy.close(0));
+  const r = await request(`http://127.0.0.1:${addr.port}/v1/chat/completions`, {
+    method: 'POST',
+    body: JSON.stringify(CHAT),
+  });
+  return { proxy, r };
+}
+
 const post = (base: string, path: string, body: string | Buffer, headers: Record<string, string> = {}) =>
   request(`${base}${path}`, {
     method: 'POST',
@@ -364,17 +381,7 @@ describe('one exchange, one record, whatever throws (§3.4)', () => {
         } as RequestMeter;
       },
     };
-    const proxy = createProxyServer({
-      settings: testSettings([upstreamSettings('default', up.url)]),
-      meter,
-      log: SILENT_LOGGER,
-    });
-    const addr = await proxy.listen();
-    cleanups.push(() => proxy.close(0));
-    const r = await request(`http://127.0.0.1:${addr.port}/v1/chat/completions`, {
-      method: 'POST',
-      body: JSON.stringify(CHAT),
-    });
+    const { proxy, r } = await proxyOnce(up.url, meter);
     expect(r.status).toBe(500);
     expect(r.body.toString()).not.toContain('exploded'); // no internals to the client
     expect(await inner.requests[0]!.finished).toEqual({
@@ -432,18 +439,7 @@ describe('one exchange, one record, whatever throws (§3.4)', () => {
       maxEventBytes: 1 << 20,
       maxResponseBodyBytes: 1 << 20,
     });
-    const proxy = createProxyServer({
-      settings: testSettings([upstreamSettings('default', up.url)]),
-      meter,
-      log: SILENT_LOGGER,
-      health,
-    });
-    const addr = await proxy.listen();
-    cleanups.push(() => proxy.close(0));
-    const r = await request(`http://127.0.0.1:${addr.port}/v1/chat/completions`, {
-      method: 'POST',
-      body: JSON.stringify(CHAT),
-    });
+    const { proxy, r } = await proxyOnce(up.url, meter, health);
     expect(r.status).toBe(200);
     for (let i = 0; i < 100 && proxy.inflight() > 0; i++) await sleep(5);
     expect(proxy.inflight()).toBe(0);
