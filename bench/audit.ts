@@ -73,7 +73,7 @@ function makeRecord(i: number): RequestRecord {
 function baseline(path: string, records: RequestRecord[]): { perSecond: number; count: number } {
   const db = openDatabase(path);
   const insert = db.prepare(
-    `INSERT INTO requests (${REQUEST_COLUMN_NAMES.map(quoteIdent).join(', ')}) VALUES (${REQUEST_COLUMN_NAMES.map((c) => `@${c}`).join(', ')})`,
+    `INSERT INTO requests (${REQUEST_COLUMN_NAMES.map(quoteIdent).join(', ')}) VALUES (${REQUEST_COLUMN_NAMES.map(() => '?').join(', ')})`,
   );
   const start = performance.now();
   let count = 0;

@@ -13,6 +13,7 @@ import {
   auditTestHooks,
   openAuditLog,
   recordToRow,
+  rowValue,
   type AuditLogOptions,
   type AuditSink,
 } from '../../src/sinks/audit/index.js';
@@ -356,16 +357,16 @@ describe('implausible numbers never reach INTEGER columns', () => {
 
   it('stores a non-safe-integer or negative cost as NULL with a note', () => {
     const row = recordToRow(fullRecord({ cost_nanos: 7.5e30, upstream_reported_cost_nanos: -1, note: null }));
-    expect(row['cost_nanos']).toBeNull();
-    expect(row['upstream_reported_cost_nanos']).toBeNull();
-    expect(row['note']).toBe('cost_rejected:cost_nanos,upstream_reported_cost_nanos');
+    expect(rowValue(row, 'cost_nanos')).toBeNull();
+    expect(rowValue(row, 'upstream_reported_cost_nanos')).toBeNull();
+    expect(rowValue(row, 'note')).toBe('cost_rejected:cost_nanos,upstream_reported_cost_nanos');
   });
 
   it('leaves plausible values untouched', () => {
     const r = fullRecord();
     const row = recordToRow(r);
-    expect(row['input_tokens']).toBe(r.input_tokens);
-    expect(row['cost_nanos']).toBe(r.cost_nanos);
-    expect(row['note']).toBe('fixture');
+    expect(rowValue(row, 'input_tokens')).toBe(r.input_tokens);
+    expect(rowValue(row, 'cost_nanos')).toBe(r.cost_nanos);
+    expect(rowValue(row, 'note')).toBe('fixture');
   });
 });

@@ -13,6 +13,7 @@ import { openWriterConnection } from '../../src/sinks/audit/connection.js';
 import {
   auditTestHooks,
   recordToRow,
+  rowValue,
   openAuditLog,
   type AuditLogOptions,
   type AuditSink,
@@ -170,8 +171,12 @@ describe('a writer thread that dies', () => {
     });
     // Not re-sent: the same duplicates are bad rows (dropped and counted by the main thread).
     const again = writer.run(job).records;
-    expect(again.status === 'written' && again.bad.map((b) => b.id)).toEqual(rows.map((r) => r['id']));
-    expect(storedIds()).toEqual([...rows.map((r) => String(r['id'])), String(fresh['id'])].sort());
+    expect(again.status === 'written' && again.bad.map((b) => b.id)).toEqual(
+      rows.map((r) => rowValue(r, 'id')),
+    );
+    expect(storedIds()).toEqual(
+      [...rows.map((r) => String(rowValue(r, 'id'))), String(rowValue(fresh, 'id'))].sort(),
+    );
     writer.close();
   });
 

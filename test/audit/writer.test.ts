@@ -82,7 +82,7 @@ describe.each(['thread', 'main'] as const)('audit log writer (%s)', (mode) => {
       (c) => c.name,
     );
     expect(columns.sort()).toEqual(Object.keys(full).sort());
-    expect(REQUEST_COLUMN_NAMES.sort()).toEqual(Object.keys(full).sort());
+    expect([...REQUEST_COLUMN_NAMES].sort()).toEqual(Object.keys(full).sort());
 
     const rows = db.prepare('SELECT * FROM requests ORDER BY id').all() as Record<string, unknown>[];
     expect(rows).toHaveLength(2);

@@ -10,7 +10,7 @@ import { fileIdentity, openWriterConnection, type BodyRow, type WriterConnection
 import { clearServeMarker, writeServeMarker } from './marker.js';
 import { pruneBefore } from './migrations.js';
 import { createRedactor, redactAndTruncate, type Redactor } from './redact.js';
-import type { Row } from './row.js';
+import { ROW_INDEX, type Row } from './row.js';
 
 export interface WriterSetup {
   path: string;
@@ -312,7 +312,7 @@ export class AuditWriter {
             alreadyStored++;
           else
             bad.push({
-              id: typeof row['id'] === 'string' ? row['id'] : null,
+              id: typeof row[ROW_INDEX.id] === 'string' ? (row[ROW_INDEX.id] as string) : null,
               message: (err as Error).message,
             });
         }

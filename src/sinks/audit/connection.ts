@@ -139,7 +139,8 @@ export function openWriterConnection(
   const db = mode === 'existing' ? openExisting(path, busyTimeoutMs) : openDatabase(path, { busyTimeoutMs });
   const file = trackFile(path);
   const columns = REQUEST_COLUMN_NAMES.map(quoteIdent).join(', ');
-  const params = REQUEST_COLUMN_NAMES.map((c) => `@${c}`).join(', ');
+  // Positional parameters: a Row is the values in REQUEST_COLUMN_NAMES order (row.ts).
+  const params = REQUEST_COLUMN_NAMES.map(() => '?').join(', ');
   const insert = db.prepare(`INSERT INTO requests (${columns}) VALUES (${params})`);
   const insertBatch = db.transaction((rows: readonly Row[]) => {
     for (const row of rows) insert.run(row);

@@ -33,7 +33,7 @@ import { RingQueue } from './ring-queue.js';
 import { recordToRow, type Row } from './row.js';
 import { InProcessWriter, WriterThread, WriterThreadGone, type WriterBackend } from './writer-host.js';
 
-export { recordToRow, rowToRecord } from './row.js';
+export { recordToRow, rowToRecord, rowValue } from './row.js';
 export type { UncleanShutdown } from './marker.js';
 
 export interface AuditLogOptions {

@@ -58,7 +58,10 @@ export const REQUEST_COLUMNS = {
 } as const satisfies Record<keyof RequestRecord, { kind: ColumnKind; since: number }>;
 
 export type RequestColumn = keyof typeof REQUEST_COLUMNS;
-export const REQUEST_COLUMN_NAMES = Object.keys(REQUEST_COLUMNS) as RequestColumn[];
+/** Column order: the order of a Row's values and of the INSERT's parameters (row.ts); frozen so nothing can reorder it. */
+export const REQUEST_COLUMN_NAMES: readonly RequestColumn[] = Object.freeze(
+  Object.keys(REQUEST_COLUMNS) as RequestColumn[],
+);
 
 interface Migration {
   version: number;

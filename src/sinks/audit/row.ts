@@ -8,7 +8,19 @@
 import type { RequestRecord } from '../../record.js';
 import { REQUEST_COLUMNS, REQUEST_COLUMN_NAMES, type RequestColumn } from './migrations.js';
 
-export type Row = Record<string, string | number | bigint | null>;
+/**
+ * One record's column values in `REQUEST_COLUMN_NAMES` order. Positional, not keyed: a row is
+ * built per request, crosses to the writer thread as JSON and is bound to the INSERT's `?`
+ * parameters, and keys made up about half of that text and of the garbage it left (issue 11,
+ * docs/audit.md).
+ */
+export type Row = Array<string | number | bigint | null>;
+
+/** Where each column's value sits in a Row. */
+export const ROW_INDEX = Object.fromEntries(REQUEST_COLUMN_NAMES.map((name, i) => [name, i])) as Record<
+  RequestColumn,
+  number
+>;
 
 /** Counts of tokens and images: non-negative safe integers or NULL (unknown). */
 const COUNT_COLUMNS = [
@@ -33,13 +45,16 @@ const plausible = (v: unknown): boolean => typeof v === 'number' && Number.isSaf
 function rejectImplausible(row: Row, columns: readonly RequestColumn[]): string[] {
   const rejected: string[] = [];
   for (const c of columns) {
-    const v = row[c];
+    const i = ROW_INDEX[c];
+    const v = row[i];
     if (v === null || plausible(v)) continue;
-    row[c] = null;
+    row[i] = null;
     rejected.push(c);
   }
   return rejected;
 }
+
+const BOOL_COLUMNS = new Set(REQUEST_COLUMN_NAMES.filter((name) => REQUEST_COLUMNS[name].kind === 'bool'));
 
 /**
  * RequestRecord → bound parameters: booleans as 0/1, everything else as is (null stays null).
@@ -48,23 +63,29 @@ function rejectImplausible(row: Row, columns: readonly RequestColumn[]): string[
  * per such row so the caller can count it.
  */
 export function recordToRow(record: RequestRecord, onRejected?: (columns: string[]) => void): Row {
-  const row: Row = {};
-  for (const name of REQUEST_COLUMN_NAMES) {
+  const row: Row = new Array<string | number | bigint | null>(REQUEST_COLUMN_NAMES.length);
+  for (let i = 0; i < REQUEST_COLUMN_NAMES.length; i++) {
+    const name = REQUEST_COLUMN_NAMES[i]!;
     const value = record[name];
-    if (REQUEST_COLUMNS[name].kind === 'bool')
-      row[name] = value === null || value === undefined ? null : value ? 1 : 0;
-    else row[name] = (value ?? null) as string | number | null;
+    if (BOOL_COLUMNS.has(name)) row[i] = value === null || value === undefined ? null : value ? 1 : 0;
+    else row[i] = (value ?? null) as string | number | null;
   }
   const tokens = rejectImplausible(row, COUNT_COLUMNS);
   const money = rejectImplausible(row, MONEY_COLUMNS);
   if (tokens.length > 0 || money.length > 0) {
-    const notes = typeof row['note'] === 'string' && row['note'] !== '' ? [row['note']] : [];
+    const note = row[ROW_INDEX.note];
+    const notes = typeof note === 'string' && note !== '' ? [note] : [];
     if (tokens.length > 0) notes.push(`token_count_rejected:${tokens.join(',')}`);
     if (money.length > 0) notes.push(`cost_rejected:${money.join(',')}`);
-    row['note'] = notes.join('; ');
+    row[ROW_INDEX.note] = notes.join('; ');
     onRejected?.([...tokens, ...money]);
   }
   return row;
+}
+
+/** A row's value for one column (tests, logs). */
+export function rowValue(row: Row, column: RequestColumn): string | number | bigint | null {
+  return row[ROW_INDEX[column]] ?? null;
 }
 
 /** A stored row → RequestRecord (the inverse of `recordToRow`). */
