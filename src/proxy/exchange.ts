@@ -351,11 +351,14 @@ export class Exchange {
     res.writeHead(status, upRes.statusMessage, outHeaders);
     // The meter only takes note of the head here; its work on it runs after the response.
     this.metering(() => meter!.onResponseHead(status, upRes.headers));
-    // Send the head on its own only if no body byte follows within this turn of the event loop
-    // (an SSE head before a slow first token); otherwise it leaves with the first chunk in one write.
-    setImmediate(() => {
-      if (!this.bytesToClient && !res.destroyed && this.state !== 'ended') res.flushHeaders();
-    });
+    // A body of unknown length (an SSE stream, chunked) may be slow to start: send the head on its
+    // own if no body byte follows within this turn of the event loop (the head before a slow first
+    // token); otherwise it leaves with the first chunk in one write. A body of known length is
+    // already on its way, so it needs no extra tick per response.
+    if (upRes.headers['content-length'] === undefined)
+      setImmediate(() => {
+        if (!this.bytesToClient && !res.destroyed && this.state !== 'ended') res.flushHeaders();
+      });
 
     const write = (b: Buffer): boolean => {
       if (b.length === 0) return true;
