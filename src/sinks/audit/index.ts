@@ -30,7 +30,7 @@ import { clearServeMarker, readUncleanShutdown, setServeMarker, type UncleanShut
 import { DAY_MS, ensureKeySecret, pruneBefore } from './migrations.js';
 import { WINDOW_MARGIN, createRedactor } from './redact.js';
 import { RingQueue } from './ring-queue.js';
-import { recordToRow, type Row } from './row.js';
+import { recordToRow } from './row.js';
 import { InProcessWriter, WriterThread, WriterThreadGone, type WriterBackend } from './writer-host.js';
 
 export { recordToRow, rowToRecord, rowValue } from './row.js';
@@ -176,7 +176,8 @@ class AuditLog implements AuditSink {
   private readonly maxBackoff: number;
   private readonly lockGraceMs: number;
   private readonly capturing: boolean;
-  private readonly queue: RingQueue<Row>;
+  /** Each queued row as the JSON text of its values (writer-host.ts, QueuedJob). */
+  private readonly queue: RingQueue<string>;
   private readonly setup: WriterSetup;
   private backend: WriterBackend;
   /** The main thread's read connection while another connection writes (thread or fallback). */
@@ -221,7 +222,7 @@ class AuditLog implements AuditSink {
     this.lockGraceMs = opts.unhealthyAfterLockedMs ?? 1000;
     // Built here only to refuse an invalid pattern at startup; the writer redacts with its own.
     this.capturing = opts.captureBodies && createRedactor(opts.redactPatterns) !== undefined;
-    this.queue = new RingQueue<Row>(Math.max(1, Math.floor(opts.queueSize)));
+    this.queue = new RingQueue<string>(Math.max(1, Math.floor(opts.queueSize)));
     const startedAt = this.now();
 
     // Opening and migrating happen at startup, on this thread: errors here (schema too new,
@@ -282,7 +283,7 @@ class AuditLog implements AuditSink {
       return;
     }
     this.enqueued++;
-    if (this.queue.push(recordToRow(record, this.onRejected))) {
+    if (this.queue.push(JSON.stringify(recordToRow(record, this.onRejected)))) {
       // The evicted row is the oldest: part of the job in flight if there is one. Whether it is
       // lost is known only when that job's result comes back.
       const f = this.inFlight;

@@ -12,11 +12,19 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Worker, type WorkerOptions } from 'node:worker_threads';
 import type Database from 'better-sqlite3';
 import type { AuditWriter, JobResult, WriteJob, WriterSetup } from './audit-writer.js';
+import type { Row } from './row.js';
+
+/**
+ * A job as the queue holds it: each row already serialised (the JSON text of its positional
+ * values), so a queued request leaves one flat string behind instead of a row and every value it
+ * references (they would all be promoted to the old generation while they wait for the batch).
+ */
+export type QueuedJob = Omit<WriteJob, 'rows'> & { rows: readonly string[] };
 
 export interface WriterBackend {
   readonly where: 'thread' | 'main';
   /** Resolves with the job's result; rejects with `WriterThreadGone` when the thread died meanwhile. */
-  run(job: WriteJob): Promise<JobResult>;
+  run(job: QueuedJob): Promise<JobResult>;
   exec(sql: string): Promise<void>;
   /** Clears the marker and closes the write connection; bounded by `timeoutMs` (then terminated). */
   close(timeoutMs: number): Promise<{ markerCleared: boolean }>;
@@ -58,9 +66,9 @@ export class InProcessWriter implements WriterBackend {
     return this.writer.detached();
   }
 
-  run(job: WriteJob): Promise<JobResult> {
+  run(job: QueuedJob): Promise<JobResult> {
     try {
-      return Promise.resolve(this.writer.run(job));
+      return Promise.resolve(this.writer.run({ ...job, rows: job.rows.map((r) => JSON.parse(r) as Row) }));
     } catch (err) {
       return Promise.reject(err as Error);
     }
@@ -112,7 +120,7 @@ export class WriterThread implements WriterBackend {
       workerData: setup,
       // The thread holds one batch at a time: a small heap keeps the process's RSS flat instead of
       // letting V8 size a second full heap for it (measured: +80 MiB under load without limits).
-      resourceLimits: { maxYoungGenerationSizeMb: 4, maxOldGenerationSizeMb: 64 },
+      resourceLimits: { maxYoungGenerationSizeMb: 2, maxOldGenerationSizeMb: 24 },
     });
     // Idle, the thread must not keep the process alive (like the unref'd flush timer); a call in
     // flight does (`ref` in `call`), so an awaited flush() always gets its answer.
@@ -122,10 +130,10 @@ export class WriterThread implements WriterBackend {
     this.worker.on('exit', (code) => this.stop(`the audit writer thread exited with code ${code}`));
   }
 
-  async run(job: WriteJob): Promise<JobResult> {
-    // Rows cross as one JSON string: V8's structured clone of hundreds of 39-key objects costs
-    // the main thread more than JSON.stringify does (measured in bench/audit.ts).
-    const msg: ToWriter = { type: 'job', seq: 0, job: { ...job, rows: [] }, rows: JSON.stringify(job.rows) };
+  async run(job: QueuedJob): Promise<JobResult> {
+    // Rows cross as one JSON string: V8's structured clone of hundreds of rows costs the main
+    // thread more than joining their JSON texts does (measured in bench/audit.ts).
+    const msg: ToWriter = { type: 'job', seq: 0, job: { ...job, rows: [] }, rows: `[${job.rows.join(',')}]` };
     const reply = await this.call(msg, JOB_TIMEOUT_MS);
     if (reply.type !== 'result') throw new Error(`unexpected reply ${reply.type}`);
     return reply.result;
