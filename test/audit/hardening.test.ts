@@ -6,50 +6,21 @@
 import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, renameSync, rmSync, unlinkSync } from 'node:fs';
 import Database from 'better-sqlite3';
-import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { createLogger, SILENT_LOGGER } from '../../src/log.js';
+import { beforeEach, describe, expect, it, vi } from 'vitest';
+import { createLogger } from '../../src/log.js';
 import { openExistingDatabase } from '../../src/cli/db.js';
-import {
-  auditTestHooks,
-  openAuditLog,
-  recordToRow,
-  rowValue,
-  type AuditLogOptions,
-  type AuditSink,
-} from '../../src/sinks/audit/index.js';
-import { fullRecord, recordingHealth, tempDir, type TempDir } from './records.js';
+import { auditTestHooks, recordToRow, rowValue } from '../../src/sinks/audit/index.js';
+import { fullRecord, recordingHealth, type TempDir } from './records.js';
+import { useAuditLogs } from './harness.js';
 
 let tmp: TempDir;
 /** Every test runs against both writers: the thread (the default for a file) and the main thread. */
 let writerMode: 'thread' | 'main' = 'thread';
-const open: AuditSink[] = [];
-
+const logs = useAuditLogs(() => ({ writer: writerMode }));
+const openLog = logs.openLog;
 beforeEach(() => {
-  tmp = tempDir();
+  tmp = logs.tmp();
 });
-afterEach(async () => {
-  for (const a of open.splice(0)) await a.close();
-  tmp.cleanup();
-});
-
-function openLog(overrides: Partial<AuditLogOptions> = {}): AuditSink {
-  const sink = openAuditLog({
-    path: tmp.file('audit.db'),
-    queueSize: 1000,
-    batchSize: 100,
-    flushIntervalMs: 60_000,
-    retentionDays: 0,
-    captureBodies: false,
-    captureMaxBytes: 1024,
-    redactPatterns: [],
-    health: recordingHealth(),
-    log: SILENT_LOGGER,
-    writer: writerMode,
-    ...overrides,
-  });
-  open.push(sink);
-  return sink;
-}
 
 function withReader<T>(path: string, fn: (db: Database.Database) => T): T {
   const db = new Database(path, { readonly: true });

@@ -6,48 +6,20 @@
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import Database from 'better-sqlite3';
-import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { createLogger, SILENT_LOGGER } from '../../src/log.js';
+import { beforeEach, describe, expect, it, vi } from 'vitest';
+import { createLogger } from '../../src/log.js';
 import { AuditWriter } from '../../src/sinks/audit/audit-writer.js';
 import { openWriterConnection } from '../../src/sinks/audit/connection.js';
-import {
-  auditTestHooks,
-  recordToRow,
-  rowValue,
-  openAuditLog,
-  type AuditLogOptions,
-  type AuditSink,
-} from '../../src/sinks/audit/index.js';
-import { fullRecord, recordingHealth, tempDir, type TempDir } from './records.js';
+import { auditTestHooks, recordToRow, rowValue, type AuditSink } from '../../src/sinks/audit/index.js';
+import { fullRecord, recordingHealth, type TempDir } from './records.js';
+import { useAuditLogs } from './harness.js';
 
 let tmp: TempDir;
-const open: AuditSink[] = [];
-
+const logs = useAuditLogs();
+const openLog = logs.openLog;
 beforeEach(() => {
-  tmp = tempDir();
+  tmp = logs.tmp();
 });
-afterEach(async () => {
-  for (const a of open.splice(0)) await a.close();
-  tmp.cleanup();
-});
-
-function openLog(overrides: Partial<AuditLogOptions> = {}): AuditSink {
-  const sink = openAuditLog({
-    path: tmp.file('audit.db'),
-    queueSize: 1000,
-    batchSize: 100,
-    flushIntervalMs: 60_000,
-    retentionDays: 0,
-    captureBodies: false,
-    captureMaxBytes: 1024,
-    redactPatterns: [],
-    health: recordingHealth(),
-    log: SILENT_LOGGER,
-    ...overrides,
-  });
-  open.push(sink);
-  return sink;
-}
 
 const storedIds = (path = tmp.file('audit.db')): string[] => {
   const db = new Database(path, { readonly: true });

@@ -1,49 +1,20 @@
 import Database from 'better-sqlite3';
-import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { createLogger, SILENT_LOGGER } from '../../src/log.js';
+import { beforeEach, describe, expect, it, vi } from 'vitest';
+import { createLogger } from '../../src/log.js';
 import type { RequestRecord } from '../../src/record.js';
-import {
-  auditTestHooks,
-  openAuditLog,
-  rowToRecord,
-  type AuditLogOptions,
-  type AuditSink,
-} from '../../src/sinks/audit/index.js';
+import { auditTestHooks, rowToRecord } from '../../src/sinks/audit/index.js';
 import { DAY_MS, REQUEST_COLUMN_NAMES } from '../../src/sinks/audit/migrations.js';
-import { fullRecord, nullRecord, recordingHealth, tempDir, type TempDir } from './records.js';
+import { fullRecord, nullRecord, recordingHealth, type TempDir } from './records.js';
+import { useAuditLogs } from './harness.js';
 
 let tmp: TempDir;
 /** Every test runs against both writers: the thread (the default for a file) and the main thread. */
 let writerMode: 'thread' | 'main' = 'thread';
-const open: AuditSink[] = [];
-
+const logs = useAuditLogs(() => ({ writer: writerMode, retentionDays: 90 }));
+const openLog = logs.openLog;
 beforeEach(() => {
-  tmp = tempDir();
+  tmp = logs.tmp();
 });
-afterEach(async () => {
-  for (const a of open.splice(0)) await a.close();
-  tmp.cleanup();
-});
-
-function openLog(overrides: Partial<AuditLogOptions> = {}): AuditSink {
-  const sink = openAuditLog({
-    path: tmp.file('audit.db'),
-    queueSize: 1000,
-    batchSize: 100,
-    // Long interval: tests flush explicitly unless they test the timer.
-    flushIntervalMs: 60_000,
-    retentionDays: 90,
-    captureBodies: false,
-    captureMaxBytes: 1024,
-    redactPatterns: [],
-    health: recordingHealth(),
-    log: SILENT_LOGGER,
-    writer: writerMode,
-    ...overrides,
-  });
-  open.push(sink);
-  return sink;
-}
 
 /** A second, independent connection: what another process (report, budgets at start) would see. */
 function reader(): Database.Database {
