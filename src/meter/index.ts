@@ -309,29 +309,39 @@ class RequestMeterImpl implements RequestMeter {
     }
   }
 
-  /**
-   * The record when building the real one threw: what the request start knew, the outcome, and
-   * the failure named in `note`. Usage and cost are unknown (NULL), never 0.
-   */
-  private fallbackRecord(outcome: MeterOutcome, tsEnd: number, err: unknown): RequestRecord {
+  /** The record fields known from the request's start and byte counts: the same in every record. */
+  private knownFromStart(tsEnd: number) {
     const { info } = this.input;
-    const message = err instanceof Error ? err.message : String(err);
     return {
       id: this.start.id,
       ts_start: this.start.ts_start,
       ts_end: tsEnd,
       duration_ms: tsEnd - this.start.ts_start,
-      ttft_ms: null,
       upstream: this.input.upstream,
       method: this.input.method,
       path: this.input.path,
       operation: info.operation,
       request_model: info.model ?? null,
-      response_model: null,
       app: this.start.app,
       key_id: this.keyId,
       user: info.user ?? null,
       stream: info.stream,
+      trace_id: this.traceId,
+      request_bytes: this.input.requestBytes,
+      response_bytes: this.responseBytes,
+    };
+  }
+
+  /**
+   * The record when building the real one threw: what the request start knew, the outcome, and
+   * the failure named in `note`. Usage and cost are unknown (NULL), never 0.
+   */
+  private fallbackRecord(outcome: MeterOutcome, tsEnd: number, err: unknown): RequestRecord {
+    const message = err instanceof Error ? err.message : String(err);
+    return {
+      ...this.knownFromStart(tsEnd),
+      ttft_ms: null,
+      response_model: null,
       http_status: outcome.kind === 'rejected' ? (this.rejection?.status ?? null) : this.status,
       error_type: errorTypeFor(outcome, null),
       error_message: null,
@@ -351,9 +361,6 @@ class RequestMeterImpl implements RequestMeter {
       multiplier: null,
       upstream_reported_cost_nanos: null,
       upstream_reported_currency: null,
-      trace_id: this.traceId,
-      request_bytes: this.input.requestBytes,
-      response_bytes: this.responseBytes,
       upstream_request_id: null,
       note: `record_build_failed: ${message}`.slice(0, MESSAGE_CAP),
     };
@@ -451,21 +458,9 @@ class RequestMeterImpl implements RequestMeter {
       headerValue(this.responseHeaders, 'x-request-id');
 
     return {
-      id: this.start.id,
-      ts_start: this.start.ts_start,
-      ts_end: tsEnd,
-      duration_ms: tsEnd - this.start.ts_start,
+      ...this.knownFromStart(tsEnd),
       ttft_ms: ttft,
-      upstream: this.input.upstream,
-      method: this.input.method,
-      path: this.input.path,
-      operation: info.operation,
-      request_model: info.model ?? null,
       response_model: decoded?.responseModel ?? null,
-      app: this.start.app,
-      key_id: this.keyId,
-      user: info.user ?? null,
-      stream: info.stream,
       http_status: status,
       error_type: errorType,
       error_message: errorMessage,
@@ -485,9 +480,6 @@ class RequestMeterImpl implements RequestMeter {
       multiplier: price?.multiplier ?? null,
       upstream_reported_cost_nanos: price?.upstream_reported_cost_nanos ?? null,
       upstream_reported_currency: price?.upstream_reported_currency ?? null,
-      trace_id: this.traceId,
-      request_bytes: this.input.requestBytes,
-      response_bytes: this.responseBytes,
       upstream_request_id: upstreamRequestId ?? null,
       note: this.notes.length > 0 ? [...new Set(this.notes)].join('; ') : null,
     };
