@@ -13,7 +13,7 @@ import https from 'node:https';
 import type { Socket } from 'node:net';
 import type { UpstreamSettings } from '../config/types.js';
 import { inspectRequest } from '../meter/inspect.js';
-import type { MeterOutcome, RequestMeter } from '../meter/types.js';
+import type { MeterOutcome, RequestInfo, RequestMeter } from '../meter/types.js';
 import { joinUpstreamPath } from './path-join.js';
 import type { ProxyContext } from './context.js';
 import { endpointError, forwardableHeaders } from './http-util.js';
@@ -152,29 +152,14 @@ export class Exchange {
     const tooLarge = streamRest && method === 'POST';
     const info = inspectRequest(method, this.pathOnly, whole, tooLarge);
     const choice = ctx.router.pick(url, info.model);
-    this.upstream = choice.upstream;
-    this.upstreamName = choice.upstream.name;
-    ctx.inflight.add(this);
     let outBody = whole;
     let injected = false;
-    if (whole && shouldInjectUsage(info, this.upstream)) {
+    if (whole && shouldInjectUsage(info, choice.upstream)) {
       outBody = injectUsageOption(whole, info.body as Record<string, unknown>);
       injected = true;
     }
-    const targetPath = joinUpstreamPath(this.upstream.url, choice.path);
-    const cq = choice.path.indexOf('?');
-    this.meter = ctx.meter.begin({
-      method,
-      path: cq === -1 ? choice.path : choice.path.slice(0, cq),
-      headers: req.headers,
-      upstream: this.upstream.name,
-      upstreamUrl: this.upstream.url,
-      routeApp: choice.routeApp,
-      info,
-      requestBytes,
-      injectedUsage: injected,
-      tsStart: this.startedAt,
-    });
+    const targetPath = joinUpstreamPath(choice.upstream.url, choice.path);
+    this.startMetering(choice.upstream, choice.path, choice.routeApp, { info, requestBytes, injected });
     return { info, outBody, injected, targetPath };
   }
 
@@ -182,18 +167,35 @@ export class Exchange {
   private beginFallbackMeter(): void {
     const upstream = this.ctx.settings.upstreams[0];
     if (!upstream) return;
+    const method = this.req.method ?? 'GET';
+    this.startMetering(upstream, this.pathOnly, undefined, {
+      info: inspectRequest(method, this.pathOnly, undefined, false),
+      requestBytes: 0,
+      injected: false,
+    });
+  }
+
+  /** Counts the exchange in flight for its upstream and begins its meter. */
+  private startMetering(
+    upstream: UpstreamSettings,
+    path: string,
+    routeApp: string | undefined,
+    m: { info: RequestInfo; requestBytes: number; injected: boolean },
+  ): void {
     this.upstream = upstream;
     this.upstreamName = upstream.name;
     this.ctx.inflight.add(this);
+    const q = path.indexOf('?');
     this.meter = this.ctx.meter.begin({
       method: this.req.method ?? 'GET',
-      path: this.pathOnly,
+      path: q === -1 ? path : path.slice(0, q),
       headers: this.req.headers,
       upstream: upstream.name,
       upstreamUrl: upstream.url,
-      info: inspectRequest(this.req.method ?? 'GET', this.pathOnly, undefined, false),
-      requestBytes: 0,
-      injectedUsage: false,
+      routeApp,
+      info: m.info,
+      requestBytes: m.requestBytes,
+      injectedUsage: m.injected,
       tsStart: this.startedAt,
     });
   }
