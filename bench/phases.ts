@@ -70,6 +70,31 @@ async function inRounds<T>(
 }
 
 const others = (ctx: PhaseContext) => ctx.targets.filter((t) => t.name !== 'direct');
+
+/** One row per proxy: how much its percentile adds to direct's, against `limit` ms. */
+function addedVsDirect<S extends { p50: number; p99: number }>(
+  ctx: PhaseContext,
+  stats: Map<string, S>,
+  figure: string,
+  p: 'p50' | 'p99',
+  limit: number,
+  extra: (s: S) => string,
+): void {
+  const d = stats.get('direct')!;
+  for (const t of others(ctx)) {
+    const s = stats.get(t.name)!;
+    ctx.table.add({
+      figure,
+      target: t.name,
+      value: s[p] - d[p],
+      unit: 'ms',
+      goal: { op: '<=', limit },
+      ratio: s[p] / d[p],
+      ratioOf: `direct ${p}`,
+      note: `direct ${round(d[p], 3)} ms${extra(s)}`,
+    });
+  }
+}
 const failed = (ts: Timing[]) => ts.filter((x) => x.status !== 200 || x.error !== undefined).length;
 
 export async function warmUp(ctx: PhaseContext): Promise<void> {
@@ -119,34 +144,10 @@ export async function latencyC1(ctx: PhaseContext): Promise<Raw> {
       errors: failed(all),
     });
   }
-  const d = stats.get('direct')!;
-  for (const t of others(ctx)) {
-    const s = stats.get(t.name)!;
-    const note = `direct ${round(d.p50, 3)} ms${s.errors ? `; ${s.errors} errors` : ''}`;
-    ctx.table.add({
-      figure: 'non-stream added latency p50, c=1',
-      target: t.name,
-      value: s.p50 - d.p50,
-      unit: 'ms',
-      goal: { op: '<=', limit: 0.25 },
-      ratio: s.p50 / d.p50,
-      ratioOf: 'direct p50',
-      note,
-    });
-  }
-  for (const t of others(ctx)) {
-    const s = stats.get(t.name)!;
-    ctx.table.add({
-      figure: 'non-stream added latency p99, c=1',
-      target: t.name,
-      value: s.p99 - d.p99,
-      unit: 'ms',
-      goal: { op: '<=', limit: 2 },
-      ratio: s.p99 / d.p99,
-      ratioOf: 'direct p99',
-      note: `direct ${round(d.p99, 3)} ms; n=${s.n}`,
-    });
-  }
+  addedVsDirect(ctx, stats, 'non-stream added latency p50, c=1', 'p50', 0.25, (s) =>
+    s.errors ? `; ${s.errors} errors` : '',
+  );
+  addedVsDirect(ctx, stats, 'non-stream added latency p99, c=1', 'p99', 2, (s) => `; n=${s.n}`);
   return Object.fromEntries(stats);
 }
 
@@ -190,19 +191,14 @@ export async function streamTtfb(ctx: PhaseContext): Promise<Raw> {
     stats.set(name, { p50: percentile(sorted, 50), p99: percentile(sorted, 99), n: sorted.length });
   }
   const d = stats.get('direct')!;
-  for (const t of others(ctx)) {
-    const s = stats.get(t.name)!;
-    ctx.table.add({
-      figure: 'stream added time to first byte p50, c=1',
-      target: t.name,
-      value: s.p50 - d.p50,
-      unit: 'ms',
-      goal: { op: '<=', limit: 0.5 },
-      ratio: s.p50 / d.p50,
-      ratioOf: 'direct p50',
-      note: `direct ${round(d.p50, 3)} ms; p99 added ${round(s.p99 - d.p99, 3)} ms`,
-    });
-  }
+  addedVsDirect(
+    ctx,
+    stats,
+    'stream added time to first byte p50, c=1',
+    'p50',
+    0.5,
+    (s) => `; p99 added ${round(s.p99 - d.p99, 3)} ms`,
+  );
   return Object.fromEntries(stats);
 }
 
