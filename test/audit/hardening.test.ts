@@ -7,11 +7,10 @@ import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, renameSync, rmSync, unlinkSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import { beforeEach, describe, expect, it, vi } from 'vitest';
-import { createLogger } from '../../src/log.js';
 import { openExistingDatabase } from '../../src/cli/db.js';
 import { auditTestHooks, recordToRow, rowValue } from '../../src/sinks/audit/index.js';
 import { fullRecord, recordingHealth, type TempDir } from './records.js';
-import { useAuditLogs } from './harness.js';
+import { logLines, storedIdsAt, useAuditLogs } from './harness.js';
 
 let tmp: TempDir;
 /** Every test runs against both writers: the thread (the default for a file) and the main thread. */
@@ -31,10 +30,7 @@ function withReader<T>(path: string, fn: (db: Database.Database) => T): T {
   }
 }
 
-const storedIds = (path = tmp.file('audit.db')): string[] =>
-  withReader(path, (db) =>
-    (db.prepare('SELECT id FROM requests ORDER BY id').all() as { id: string }[]).map((r) => r.id),
-  );
+const storedIds = (path = tmp.file('audit.db')): string[] => storedIdsAt(path);
 
 const metaValue = (path: string, key: string): string | undefined =>
   withReader(
@@ -42,11 +38,6 @@ const metaValue = (path: string, key: string): string | undefined =>
     (db) =>
       (db.prepare('SELECT value FROM meta WHERE key = ?').get(key) as { value: string } | undefined)?.value,
   );
-
-function logLines(): { lines: Array<Record<string, unknown>>; log: ReturnType<typeof createLogger> } {
-  const lines: Array<Record<string, unknown>> = [];
-  return { lines, log: createLogger('debug', (l) => lines.push(JSON.parse(l) as Record<string, unknown>)) };
-}
 
 const DB_LOST_MSG = 'audit DB file was deleted or replaced while serving; reopened a new DB at its path';
 const UNCLEAN_MSG = 'the previous tokenmeter serve did not shut down cleanly; records may be missing';

@@ -2,8 +2,9 @@
  * Shared setup of the audit-log test files (kept apart from records.ts, which child processes
  * import outside the test runner).
  */
+import Database from 'better-sqlite3';
 import { afterEach, beforeEach } from 'vitest';
-import { SILENT_LOGGER } from '../../src/log.js';
+import { createLogger, SILENT_LOGGER } from '../../src/log.js';
 import { openAuditLog, type AuditLogOptions, type AuditSink } from '../../src/sinks/audit/index.js';
 import { recordingHealth, tempDir, type TempDir } from './records.js';
 
@@ -50,4 +51,20 @@ export function useAuditLogs(defaults: () => Partial<AuditLogOptions> = () => ({
       return sink;
     },
   };
+}
+
+/** The ids stored in the audit DB at `path`, sorted, read through a separate read-only connection. */
+export function storedIdsAt(path: string): string[] {
+  const db = new Database(path, { readonly: true });
+  try {
+    return (db.prepare('SELECT id FROM requests ORDER BY id').all() as { id: string }[]).map((r) => r.id);
+  } finally {
+    db.close();
+  }
+}
+
+/** A debug logger whose JSON lines are kept, parsed, for assertions. */
+export function logLines(): { lines: Array<Record<string, unknown>>; log: ReturnType<typeof createLogger> } {
+  const lines: Array<Record<string, unknown>> = [];
+  return { lines, log: createLogger('debug', (l) => lines.push(JSON.parse(l) as Record<string, unknown>)) };
 }

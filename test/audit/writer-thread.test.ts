@@ -7,12 +7,11 @@ import { execFileSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import { beforeEach, describe, expect, it, vi } from 'vitest';
-import { createLogger } from '../../src/log.js';
 import { AuditWriter } from '../../src/sinks/audit/audit-writer.js';
 import { openWriterConnection } from '../../src/sinks/audit/connection.js';
 import { auditTestHooks, recordToRow, rowValue, type AuditSink } from '../../src/sinks/audit/index.js';
 import { fullRecord, recordingHealth, type TempDir } from './records.js';
-import { useAuditLogs } from './harness.js';
+import { logLines, storedIdsAt, useAuditLogs } from './harness.js';
 
 let tmp: TempDir;
 const logs = useAuditLogs();
@@ -21,19 +20,7 @@ beforeEach(() => {
   tmp = logs.tmp();
 });
 
-const storedIds = (path = tmp.file('audit.db')): string[] => {
-  const db = new Database(path, { readonly: true });
-  try {
-    return (db.prepare('SELECT id FROM requests ORDER BY id').all() as { id: string }[]).map((r) => r.id);
-  } finally {
-    db.close();
-  }
-};
-
-function logLines(): { lines: Array<Record<string, unknown>>; log: ReturnType<typeof createLogger> } {
-  const lines: Array<Record<string, unknown>> = [];
-  return { lines, log: createLogger('debug', (l) => lines.push(JSON.parse(l) as Record<string, unknown>)) };
-}
+const storedIds = (path = tmp.file('audit.db')): string[] => storedIdsAt(path);
 
 const ids = (records: { id: string }[]): string[] => records.map((r) => r.id).sort();
 

@@ -1,11 +1,10 @@
 import Database from 'better-sqlite3';
 import { beforeEach, describe, expect, it, vi } from 'vitest';
-import { createLogger } from '../../src/log.js';
 import type { RequestRecord } from '../../src/record.js';
 import { auditTestHooks, rowToRecord } from '../../src/sinks/audit/index.js';
 import { DAY_MS, REQUEST_COLUMN_NAMES } from '../../src/sinks/audit/migrations.js';
 import { fullRecord, nullRecord, recordingHealth, type TempDir } from './records.js';
-import { useAuditLogs } from './harness.js';
+import { logLines, storedIdsAt, useAuditLogs } from './harness.js';
 
 let tmp: TempDir;
 /** Every test runs against both writers: the thread (the default for a file) and the main thread. */
@@ -21,19 +20,7 @@ function reader(): Database.Database {
   return new Database(tmp.file('audit.db'), { readonly: true });
 }
 
-function storedIds(): string[] {
-  const db = reader();
-  try {
-    return (db.prepare('SELECT id FROM requests ORDER BY id').all() as { id: string }[]).map((r) => r.id);
-  } finally {
-    db.close();
-  }
-}
-
-function logLines(): { lines: Array<Record<string, unknown>>; log: ReturnType<typeof createLogger> } {
-  const lines: Array<Record<string, unknown>> = [];
-  return { lines, log: createLogger('debug', (l) => lines.push(JSON.parse(l) as Record<string, unknown>)) };
-}
+const storedIds = (): string[] => storedIdsAt(tmp.file('audit.db'));
 
 describe.each(['thread', 'main'] as const)('audit log writer (%s)', (mode) => {
   beforeEach(() => {
