@@ -4,17 +4,19 @@
 #   docker run -e TOKENMETER_UPSTREAM=https://gateway.example/v1 -p 127.0.0.1:4000:4000 -v tm-data:/data tokenmeter
 ARG NODE_IMAGE=node:24-bookworm-slim
 
-# ---- build: compile TypeScript and better-sqlite3 (from source, see .npmrc) ----
+# ---- build: compile TypeScript; install better-sqlite3 (its prebuilt binary, else compiled) ----
 FROM ${NODE_IMAGE} AS build
+# The compiler is a fallback: better-sqlite3 fetches its prebuilt binary and compiles only where that
+# download is unreachable (a mirror-only build network).
 RUN apt-get update \
   && apt-get install -y --no-install-recommends python3 make g++ \
   && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 # node-gyp uses the headers shipped in the image instead of downloading them.
 ENV npm_config_nodedir=/usr/local
-COPY package.json package-lock.json .npmrc ./
+COPY package.json package-lock.json ./
 # --ignore-scripts: the root `prepare` script (tsc) needs sources not copied yet; the one native
-# dependency is then built explicitly.
+# dependency is then installed explicitly (prebuilt, or compiled as a fallback).
 RUN npm ci --ignore-scripts && npm rebuild better-sqlite3
 COPY tsconfig.json tsconfig.build.json ./
 COPY src ./src

@@ -20,7 +20,16 @@ export { endpointError } from './http-util.js';
 export interface AdminHooks {
   metrics?: () => Promise<{ contentType: string; body: string }>;
   ready?: () => boolean;
+  /**
+   * Everything under the reserved prefix `/-/` (the console and its JSON API, any method). The
+   * handler owns authentication for it (a browser cannot send a bearer header on navigation).
+   * Unset: `/-/` answers 404 and is never proxied.
+   */
+  console?: (req: IncomingMessage, res: ServerResponse) => void;
 }
+
+/** The prefix no upstream path uses (like Prometheus' `/-/healthy`); see docs/console.md. */
+export const CONSOLE_PREFIX = '/-/';
 
 export interface ProxyServerOptions {
   settings: Settings;
@@ -119,6 +128,14 @@ export function createProxyServer(opts: ProxyServerOptions): ProxyServer {
       const pathOnly = q === -1 ? url : url.slice(0, q);
       if ((req.method === 'GET' || req.method === 'HEAD') && ADMIN_PATHS.has(pathOnly)) {
         void serveAdmin(req, res, pathOnly);
+        return;
+      }
+      if (pathOnly.startsWith(CONSOLE_PREFIX)) {
+        if (admin?.console) admin.console(req, res);
+        else {
+          res.writeHead(404, { 'content-type': 'application/json' });
+          res.end('{"error":"the console is not enabled"}');
+        }
         return;
       }
       void new Exchange(ctx, req, res, Date.now()).run();

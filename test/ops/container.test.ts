@@ -6,11 +6,11 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
-import { join } from 'node:path';
+import { join, posix } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
 import { findBinary, freePort } from './binaries.js';
-import { COMPOSE_FILE, PROMETHEUS_CONFIG, REPO, repoPath } from './paths.js';
+import { COMPOSE_FILE, COMPOSE_PROMETHEUS_CONFIG, REPO, repoPath } from './paths.js';
 
 interface ComposeService {
   build?: unknown;
@@ -21,7 +21,7 @@ interface ComposeService {
 }
 
 const compose = parse(readFileSync(COMPOSE_FILE, 'utf8')) as { services: Record<string, ComposeService> };
-const prometheusConfig = parse(readFileSync(PROMETHEUS_CONFIG, 'utf8')) as {
+const prometheusConfig = parse(readFileSync(COMPOSE_PROMETHEUS_CONFIG, 'utf8')) as {
   rule_files: string[];
   alerting: { alertmanagers: { static_configs: { targets: string[] }[] }[] };
   scrape_configs: { job_name: string; static_configs: { targets: string[] }[] }[];
@@ -68,7 +68,7 @@ describe('docker-compose.yml', () => {
     for (const { source } of binds) expect(existsSync(join(REPO, source)), source).toBe(true);
   });
 
-  it("prometheus.yml's targets are compose services on the ports they listen on", () => {
+  it("compose/prometheus.yml's targets are compose services on the ports they listen on", () => {
     const tokenmeterTargets = prometheusConfig.scrape_configs
       .filter((j) => j.job_name === 'tokenmeter')
       .flatMap((j) => j.static_configs.flatMap((s) => s.targets));
@@ -88,8 +88,10 @@ describe('docker-compose.yml', () => {
   it('mounts the shipped configs where prometheus, alertmanager and grafana read them', () => {
     const targetOf = (service: string, source: string) =>
       mounts(compose.services[service]!).find((m) => m.source === source)?.target;
-    expect(targetOf('prometheus', './prometheus.yml')).toBe('/etc/prometheus/prometheus.yml');
-    expect(prometheusConfig.rule_files).toEqual([targetOf('prometheus', './alerts/tokenmeter.rules.yml')]);
+    expect(targetOf('prometheus', './compose/prometheus.yml')).toBe('/etc/prometheus/prometheus.yml');
+    // Prometheus resolves rule paths against its config file's directory, as from the repo root.
+    const rulesInContainer = prometheusConfig.rule_files.map((f) => posix.resolve('/etc/prometheus', f));
+    expect(rulesInContainer).toEqual([`${targetOf('prometheus', './alerts')}/tokenmeter.rules.yml`]);
     expect(targetOf('alertmanager', './alertmanager/alertmanager.yml')).toBe(
       '/etc/alertmanager/alertmanager.yml',
     );

@@ -8,6 +8,7 @@ export const repoPath = (relative: string): string =>
 export const RULES_FILE = repoPath('alerts/tokenmeter.rules.yml');
 export const RULES_TEST_FILE = repoPath('alerts/tokenmeter.rules.test.yml');
 export const PROMETHEUS_CONFIG = repoPath('prometheus.yml');
+export const COMPOSE_PROMETHEUS_CONFIG = repoPath('compose/prometheus.yml');
 export const ALERTMANAGER_CONFIG = repoPath('alertmanager/alertmanager.yml');
 export const COMPOSE_FILE = repoPath('docker-compose.yml');
 export const DASHBOARDS = ['tokenmeter-overview', 'tokenmeter-latency'].map((uid) => ({
