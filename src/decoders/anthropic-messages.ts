@@ -9,6 +9,10 @@
  * latter may be split by TTL in `cache_creation.ephemeral_5m_input_tokens` /
  * `ephemeral_1h_input_tokens` (docs.anthropic.com, "Prompt caching" → "1-hour cache duration").
  *
+ * `output_tokens_details.thinking_tokens` (extended thinking; @anthropic-ai/sdk `OutputTokensDetails`:
+ * "always ≤ output_tokens") is the reasoning part of `output_tokens`, like OpenAI's
+ * `completion_tokens_details.reasoning_tokens`: recorded as `reasoning`, never added to output.
+ *
  * `message_start` carries a placeholder `output_tokens` (0 or 1); until a `message_delta`
  * arrives the output figure is not known, so a stream cut before it is reported with its
  * input fields but without output and with `usageReported: false` (the meter then estimates).
@@ -34,6 +38,7 @@ interface AnthropicCounts {
   cache5m?: number;
   cache1h?: number;
   output?: number;
+  thinking?: number;
 }
 
 function readCounts(f: UsageFields): AnthropicCounts {
@@ -44,6 +49,7 @@ function readCounts(f: UsageFields): AnthropicCounts {
     cache5m: f.get('ephemeral_5m_input_tokens', 'cache_creation'),
     cache1h: f.get('ephemeral_1h_input_tokens', 'cache_creation'),
     output: f.get('output_tokens'),
+    thinking: f.get('thinking_tokens', 'output_tokens_details'),
   };
 }
 
@@ -66,6 +72,7 @@ export function partitionAnthropicUsage(c: AnthropicCounts, outputKnown: boolean
     cacheWrite,
     cacheWrite1h: c.cache1h,
     output: outputKnown ? c.output : undefined,
+    ...(outputKnown && c.thinking !== undefined ? { reasoning: c.thinking } : {}),
   };
 }
 

@@ -23,26 +23,62 @@ import {
 } from './helpers.js';
 
 const KEY = 'sk-e2e-records-secret';
-// USD per 1M tokens; gpt-4o as the reference preset states it. Only gpt-4o's cost is asserted here
-// (the estimated-usage case); the others exist so no row is unpriced by accident.
+// USD per 1M tokens; gpt-4o as the reference preset states it. One table feeds both the price file
+// serve loads and the exact cost every reported row is checked against (`expectedCostNanos`).
+interface TestPrice {
+  input: number;
+  output: number;
+  cache_read?: number;
+  cache_write?: number;
+  cache_write_1h?: number;
+}
+const PRICE_TABLE: Record<string, TestPrice> = {
+  'gpt-4o': { input: 2.5, output: 10, cache_read: 1.25 },
+  'gpt-4o-mini': { input: 0.15, output: 0.6 },
+  'o3-mini': { input: 1.1, output: 4.4, cache_read: 0.55 },
+  'deepseek-chat': { input: 0.27, output: 1.1, cache_read: 0.07 },
+  'glm-4-flash': { input: 0.1, output: 0.1 },
+  'minimax-m1': { input: 0.4, output: 2.2 },
+  'claude-haiku-4-5': { input: 3, output: 15, cache_read: 0.3, cache_write: 3.75, cache_write_1h: 6 },
+  'text-embedding-3-small': { input: 0.02, output: 0 },
+  'gpt-image-1': { input: 5, output: 40 },
+  'groq-*': { input: 0.05, output: 0.08 },
+  'moonshot-*': { input: 2, output: 5 },
+  'qwen-cumulative-*': { input: 0.8, output: 2 },
+  'deepseek-reasoner': { input: 0.55, output: 2.19, cache_read: 0.14 },
+  'azure-gpt-4o': { input: 2.5, output: 10 },
+};
 const PRICES = `currency: USD
 unit: 1M
 prices:
-  - { model: gpt-4o, input: 2.5, output: 10, cache_read: 1.25 }
-  - { model: gpt-4o-mini, input: 0.15, output: 0.6 }
-  - { model: o3-mini, input: 1.1, output: 4.4, cache_read: 0.55 }
-  - { model: deepseek-chat, input: 0.27, output: 1.1, cache_read: 0.07 }
-  - { model: glm-4-flash, input: 0.1, output: 0.1 }
-  - { model: minimax-m1, input: 0.4, output: 2.2 }
-  - { model: claude-haiku-4-5, input: 3, output: 15, cache_read: 0.3, cache_write: 3.75, cache_write_1h: 6 }
-  - { model: text-embedding-3-small, input: 0.02, output: 0 }
-  - { model: gpt-image-1, input: 5, output: 40 }
-  - { model: "groq-*", input: 0.05, output: 0.08 }
-  - { model: "moonshot-*", input: 2, output: 5 }
-  - { model: "qwen-cumulative-*", input: 0.8, output: 2 }
-  - { model: deepseek-reasoner, input: 0.55, output: 2.19, cache_read: 0.14 }
-  - { model: azure-gpt-4o, input: 2.5, output: 10 }
+${Object.entries(PRICE_TABLE)
+  .map(([model, p]) => `  - ${JSON.stringify({ model, ...p })}`)
+  .join('\n')}
 `;
+
+/** USD per 1M tokens → nanos per token (every price above has at most 3 decimals: exact). */
+const nanosPerToken = (usdPer1M: number): bigint => BigInt(Math.round(usdPer1M * 1000));
+
+/**
+ * The cost a row must carry, by DESIGN.md §5.2 worked by hand in integers: uncached input, cache
+ * reads and writes (5m and 1h parts), output (reasoning is part of output at the output price).
+ */
+function expectedCostNanos(model: string, row: Row): number {
+  const key = Object.keys(PRICE_TABLE).find((k) =>
+    k.endsWith('*') ? model.startsWith(k.slice(0, -1)) : k === model,
+  );
+  if (key === undefined) throw new Error(`no test price for ${model}`);
+  const p = PRICE_TABLE[key]!;
+  const n = (tokens: number | null) => BigInt(tokens ?? 0);
+  const write1h = n(row.cache_write_1h_tokens);
+  const total =
+    n(row.input_tokens) * nanosPerToken(p.input) +
+    n(row.cache_read_tokens) * nanosPerToken(p.cache_read ?? p.input) +
+    (n(row.cache_write_tokens) - write1h) * nanosPerToken(p.cache_write ?? p.input) +
+    write1h * nanosPerToken(p.cache_write_1h ?? p.cache_write ?? p.input) +
+    n(row.output_tokens) * nanosPerToken(p.output);
+  return Number(total);
+}
 
 let gateway: FakeGateway;
 let serve: ServeProcess;
@@ -183,8 +219,9 @@ function expectReported(
     reasoning_tokens: orNull(e.reasoning),
     images: orNull(e.images),
   });
-  // Reported usage on a priced model is always costed.
+  // Reported usage on a priced model is always costed, to the nano.
   expect(row.cost_source).toBe('computed');
+  expect(row.cost_nanos).toBe(expectedCostNanos(row.request_model!, row));
   expect(row.cost_nanos).toBeGreaterThan(0);
 }
 
@@ -315,6 +352,23 @@ describe('one exact row per request, every operation, through tokenmeter serve',
       const stream = anthropic.messages.stream(req);
       await stream.finalMessage();
     });
+  });
+
+  it('Anthropic stream with several cumulative message_delta reports (server tools): the last wins, never the sum', async () => {
+    const req = {
+      model: 'claude-haiku-4-5',
+      max_tokens: 100,
+      messages: [{ role: 'user' as const, content: 'search the web and tell me' }],
+    };
+    const e = expectedUsage('anthropic', req);
+    const { row } = await one(async () => {
+      const stream = anthropic.messages.stream(req, { headers: { 'x-fake-scenario': 'server-tools' } });
+      const message = await stream.finalMessage();
+      // The client saw the same final figure the row must keep.
+      expect(message.usage.output_tokens).toBe(e.output);
+    });
+    expect([row.usage_source, row.input_tokens, row.output_tokens]).toEqual(['reported', e.input, e.output]);
+    expect(row.cost_nanos).toBe(expectedCostNanos('claude-haiku-4-5', row));
   });
 
   it('error rows: 402, 429, 404 MODEL_NOT_FOUND, error inside a 200 stream', async () => {

@@ -74,6 +74,23 @@ export function messagesEvents(input: EndpointInput): OutEvent[] {
     }
   }
   events.push(event('content_block_stop', { index: 0 }));
+  if (usage !== undefined && scenario.names.has('server-tools')) {
+    // Running totals after each server tool call: input repeated, output so far (cumulative).
+    for (const [step, share] of [1 / 3, 2 / 3].entries()) {
+      events.push(
+        event('message_delta', {
+          delta: { stop_reason: null, stop_sequence: null },
+          usage: {
+            input_tokens: usage.input_tokens,
+            cache_creation_input_tokens: usage.cache_creation_input_tokens,
+            cache_read_input_tokens: usage.cache_read_input_tokens,
+            output_tokens: Math.floor(Number(usage.output_tokens) * share),
+            server_tool_use: { web_search_requests: step + 1 },
+          },
+        }),
+      );
+    }
+  }
   const delta: JsonObject = { delta: { stop_reason: stopReason(input), stop_sequence: null } };
   if (usage !== undefined) {
     // Cumulative: input and cache figures repeated, output final.

@@ -45,6 +45,7 @@
  * | slow-stream             | delay between events (x-fake-delay-ms, default 50); JSON answers wait it once |
  * | split-writes            | each event/body written in x-fake-split-bytes pieces (default 1)     |
  * | max-tokens              | finish_reason length / stop_reason max_tokens / response.incomplete  |
+ * | server-tools            | Anthropic stream: two extra cumulative message_delta usage reports before the final one |
  * | reset-mid-stream        | socket destroyed after x-fake-reset-after events (default 2); non-stream: half the body |
  * | hang                    | request read, never answered                                        |
  * | hang-after-head         | 200 head sent, then nothing                                         |

@@ -25,6 +25,9 @@ export const NAMED_SCENARIOS = [
   'max-tokens',
   // Every event / body written in tiny separate writes (split inside UTF-8 sequences too).
   'split-writes',
+  // Anthropic stream with several cumulative message_delta usage reports (as with server tools such
+  // as web search): each repeats the running totals; the last one is final. Summing them is wrong.
+  'server-tools',
   // 429 whose body says insufficient_quota (OpenAI's "You exceeded your current quota"), §4.4.
   'error-429-quota',
   // DashScope (Qwen) out of credit: 400 with code "Arrearage", §4.4.
