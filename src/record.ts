@@ -14,6 +14,8 @@ export const OPERATIONS = [
   'messages',
   'embeddings',
   'image_generation',
+  /** One OpenAI Realtime WebSocket session (`GET …/realtime` upgraded); docs/proxy.md. */
+  'realtime',
   'other',
 ] as const;
 export type Operation = (typeof OPERATIONS)[number];
@@ -43,11 +45,21 @@ export const COST_SOURCES = ['computed', 'upstream', 'unpriced'] as const;
 export type CostSource = (typeof COST_SOURCES)[number];
 
 /**
+ * How the price entry was found for the request's model (docs/pricing.md "Matching"): its exact
+ * name, one of its `aliases:`, the name normalized (case, one `vendor/` prefix), a dated snapshot of
+ * it (trailing date removed), or a glob.
+ */
+export const PRICE_MATCH_KINDS = ['exact', 'alias', 'normalized', 'snapshot', 'glob'] as const;
+export type PriceMatchKind = (typeof PRICE_MATCH_KINDS)[number];
+
+/**
  * Token usage as a decoder reports it. Every field is optional: absent means unknown.
  * `input`, `cacheRead`, `cacheWrite` and `output` partition the total (no overlaps):
  * - `input` is uncached input only (OpenAI prompt_tokens − cached_tokens; Anthropic input_tokens).
  * - `cacheWrite` counts all cache writes; `cacheWrite1h` is the 1h-TTL part of it.
  * - `reasoning` is the part of `output` that was reasoning (never added to the total).
+ * - `audio` is the part of input + output that was audio (Realtime sessions; never added to the
+ *   total, not a record column): audio is priced apart from text, so pricing needs it.
  */
 export interface Usage {
   input?: number;
@@ -56,6 +68,7 @@ export interface Usage {
   cacheWrite1h?: number;
   output?: number;
   reasoning?: number;
+  audio?: number;
   images?: number;
   requests?: number;
 }
@@ -86,12 +99,14 @@ export interface RequestRecord {
   cache_write_1h_tokens: number | null;
   output_tokens: number | null;
   reasoning_tokens: number | null;
+  audio_tokens: number | null; // the audio part of input + output (Realtime); null = not reported
   images: number | null;
   usage_source: UsageSource;
   cost_nanos: number | null; // integer, 1e-9 of `currency`; null = unknown (never 0 for unknown)
   currency: string | null;
   cost_source: CostSource | null; // null when the operation has no cost at all (usage_source=none)
   price_id: string | null;
+  price_match: PriceMatchKind | null; // how price_id's entry matched request_model; null when none did
   multiplier: string | null; // exact decimal string, e.g. "0.8"
   upstream_reported_cost_nanos: number | null;
   upstream_reported_currency: string | null;

@@ -2,8 +2,8 @@
  * Wires the parts together for `serve`: price book, sinks (traces, metrics, audit log), budgets,
  * the balance poller and the meter. The CLI is the only other place that knows all parts.
  *
- * Sink order matters only for `begin`: the trace sink goes first so its `traceparent` and trace id
- * are known before the upstream request is sent and before the record is built.
+ * Sink order matters only for `begin`: the OpenTelemetry sink goes first so its `traceparent` and
+ * trace id are known before the upstream request is sent and before the record is built.
  */
 import { randomBytes } from 'node:crypto';
 import { startBalancePoller } from './balance.js';
@@ -12,17 +12,21 @@ import type { Settings } from './config/types.js';
 import type { Logger } from './log.js';
 import { createMeter } from './meter/index.js';
 import type { Meter } from './meter/types.js';
-import { loadPriceBook } from './pricing/index.js';
+import { priceBookFor, type TablePriceBook } from './pricing/index.js';
 import { openAuditLog, type AuditSink } from './sinks/audit/index.js';
 import { querySpend } from './sinks/audit/queries.js';
 import { createMetricsSink, type MetricsSink } from './sinks/metrics.js';
-import { createTraceSink } from './sinks/traces.js';
+import { createOtelSink } from './sinks/otel/index.js';
 import type { Sink } from './sinks/types.js';
 
 export interface Runtime {
   meter: Meter;
   metricsSink: MetricsSink;
   audit?: AuditSink;
+  /** The effective price table (the console's prices page reads it; never changes it). */
+  priceBook: TablePriceBook;
+  /** Configured budgets, if any (the console's budgets page reads `status()`). */
+  budgets?: Budgets;
   metrics(): Promise<{ contentType: string; body: string }>;
   ready(): boolean;
   /** Flush and close every sink (bounded by each sink), stop timers. */
@@ -35,18 +39,7 @@ export async function buildRuntime(
   env: NodeJS.ProcessEnv = process.env,
 ): Promise<Runtime> {
   // Pricing first: a bad price file is a startup error (exit 1 with file:line:field), not a runtime one.
-  const priceBook = loadPriceBook({
-    files: settings.priceFiles,
-    presets: settings.presets,
-    multipliers: settings.multipliers,
-    upstreams: settings.upstreams.map((u) => ({
-      name: u.name,
-      url: u.url,
-      multiplier: u.multiplier,
-      trustReportedCost: u.trustReportedCost,
-    })),
-    log,
-  });
+  const priceBook = priceBookFor(settings, log);
 
   const configuredApps = [
     ...Object.values(settings.apps),
@@ -83,11 +76,16 @@ export async function buildRuntime(
     log.warn('no audit DB and no key_salt: key fingerprints (key_id, apps: map) change on every restart', {});
   }
 
-  const traces = createTraceSink({
+  // OpenTelemetry (spans, OTLP metrics and logs), on only when OTEL_* variables ask for it.
+  const otel = createOtelSink({
     env,
     captureContent: settings.traces.captureContent,
     log,
     health: metricsSink,
+    maxModels: settings.limits.maxModels,
+    maxApps: settings.limits.maxApps,
+    apps: configuredApps,
+    upstreamHosts: Object.fromEntries(settings.upstreams.map((u) => [u.name, u.url.hostname])),
   });
 
   let budgets: Budgets | undefined;
@@ -106,7 +104,7 @@ export async function buildRuntime(
   } catch (err) {
     // A block budget that cannot read its period-to-date spend refuses to start (fails closed).
     await audit?.close();
-    await traces?.close();
+    await otel?.close();
     throw err;
   }
   if (budgets && !audit) log.warn('budgets without an audit DB start from zero at every restart', {});
@@ -117,7 +115,7 @@ export async function buildRuntime(
 
   // Budgets are a gate, not a sink: spend reaches them once, through the reservation's settle.
   const sinks: Sink[] = [];
-  if (traces) sinks.push(traces);
+  if (otel) sinks.push(otel);
   sinks.push(metricsSink);
   if (audit) sinks.push(audit);
 
@@ -144,6 +142,8 @@ export async function buildRuntime(
     meter,
     metricsSink,
     audit,
+    priceBook,
+    budgets,
     metrics: () => metricsSink.render(),
     // Not ready while shutting down or while the audit log cannot write (records would queue and
     // then drop): an orchestrator should stop sending traffic here until it recovers.

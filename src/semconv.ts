@@ -112,7 +112,26 @@ export const ATTR = {
   tokenmeterRecordId: 'tokenmeter.record_id',
   tokenmeterCacheReadTokens: 'tokenmeter.usage.cache_read_tokens',
   tokenmeterCacheWriteTokens: 'tokenmeter.usage.cache_write_tokens',
+  genAiTokenType: 'gen_ai.token.type',
+  serviceName: 'service.name',
 } as const;
+
+/**
+ * OTLP metric instruments (docs/opentelemetry.md), exported only when OTEL_METRICS_EXPORTER is set:
+ * the OTel GenAI client metrics, plus spend. Attributes are bounded like the Prometheus labels.
+ */
+export const OTEL_METRIC = {
+  tokenUsage: 'gen_ai.client.token.usage',
+  operationDuration: 'gen_ai.client.operation.duration',
+  /** Spend in units of `tokenmeter.currency` (a double; the audit log holds the exact nanos). */
+  cost: 'tokenmeter.cost',
+} as const;
+
+/** Instrumentation scope of our spans, instruments and log records. */
+export const OTEL_SCOPE = 'tokenmeter';
+
+/** `event_name` of the one OTLP log record per request record. */
+export const OTEL_LOG_EVENT = 'tokenmeter.request';
 
 /** gen_ai.operation.name values per our operation (OTel GenAI well-known values). */
 export const GEN_AI_OPERATION_NAME = {
@@ -122,6 +141,9 @@ export const GEN_AI_OPERATION_NAME = {
   messages: 'chat',
   embeddings: 'embeddings',
   image_generation: 'generate_content',
+  // No well-known value fits a session of many responses; `chat` would mix minutes-long sessions
+  // into chat call durations (gen_ai.client.operation.duration). Custom values are allowed.
+  realtime: 'realtime',
   other: 'other',
 } as const;
 
@@ -137,6 +159,7 @@ export const GEN_AI_PROVIDER_NAME = {
   messages: 'anthropic',
   embeddings: 'openai',
   image_generation: 'openai',
+  realtime: 'openai',
   other: 'openai',
 } as const;
 

@@ -10,6 +10,7 @@ import { register as registerDb } from './db.js';
 import { register as registerKeyId } from './key-id.js';
 import { register as registerPrices } from './prices.js';
 import { register as registerReport } from './report.js';
+import { register as registerReprice } from './reprice.js';
 import { register as registerServe } from './serve.js';
 
 function packageVersion(): string {
@@ -45,6 +46,7 @@ export function buildProgram(): Command {
     });
   registerServe(program);
   registerReport(program);
+  registerReprice(program);
   registerPrices(program);
   registerBudgets(program);
   registerKeyId(program);

@@ -8,7 +8,7 @@ import { basename } from 'node:path';
 import { Command, Option } from 'commander';
 import { ConfigError, formatProblem, TokenmeterError, UsageError, type SourceProblem } from '../errors.js';
 import { loadSettings } from '../config/load.js';
-import { loadPriceBook, priceIdOf } from '../pricing/index.js';
+import { loadPriceBook, matchWarnings, priceIdOf } from '../pricing/index.js';
 import { importLitellm, importOneApi, importToYaml, type ImportResult } from '../pricing/import.js';
 import { parsePriceTable, type PriceTable } from '../pricing/table.js';
 
@@ -81,7 +81,7 @@ export function register(program: Command, io: PricesCliIo = PROCESS_IO): Comman
         });
         // Without an upstream, show every table (a host-scoped one says which hosts it is for).
         const tables = url ? book.tablesFor('default') : book.allTables();
-        const rows = tables.flatMap(({ table, origin }) => rowsOf(table, origin));
+        const rows = tables.flatMap(({ table, origin }) => priceRows(table, origin));
         if (opts.format === 'json') io.out(JSON.stringify(rows, null, 2) + '\n');
         else io.out(renderTable(rows));
       },
@@ -93,6 +93,7 @@ export function register(program: Command, io: PricesCliIo = PROCESS_IO): Comman
     .argument('<file...>', 'price files (YAML or JSON)')
     .action((files: string[]) => {
       const problems: SourceProblem[] = [];
+      const tables: PriceTable[] = [];
       let entries = 0;
       for (const file of files) {
         let text: string;
@@ -108,6 +109,7 @@ export function register(program: Command, io: PricesCliIo = PROCESS_IO): Comman
         const parsed = parsePriceTable(text, file);
         problems.push(...parsed.problems);
         entries += parsed.table?.entries.length ?? 0;
+        if (parsed.table) tables.push(parsed.table);
       }
       if (problems.length > 0) {
         for (const p of problems) io.err(formatProblem(p) + '\n');
@@ -115,7 +117,14 @@ export function register(program: Command, io: PricesCliIo = PROCESS_IO): Comman
         io.setExitCode(1);
         return;
       }
-      io.out(`ok: ${files.length} file(s), ${entries} price entries\n`);
+      // Valid, but a name could match in a surprising way: warnings on stderr, exit 0 (docs/pricing.md).
+      const warnings = matchWarnings(tables);
+      for (const w of warnings) io.err(`${w.file}:${w.line}: ${w.field}: warning: ${w.message}\n`);
+      io.out(
+        `ok: ${files.length} file(s), ${entries} price entries` +
+          (warnings.length > 0 ? `, ${warnings.length} warning${warnings.length === 1 ? '' : 's'}` : '') +
+          '\n',
+      );
     });
 
   prices
@@ -226,9 +235,22 @@ export interface PriceRow {
   per_image: string | null;
   effective_from: string | null;
   source: string | null;
+  /** Other exact names of the model (`aliases:`). */
+  aliases: string[];
+  /** Input-length tiers: above this many prompt tokens, the whole request at these prices. */
+  tiers: Array<{
+    above_input_tokens: number;
+    input: string;
+    output: string;
+    cache_read: string;
+    cache_write: string;
+    cache_write_1h: string;
+    reasoning: string;
+  }>;
 }
 
-function rowsOf(table: PriceTable, origin: 'user' | 'preset'): PriceRow[] {
+/** One table's entries as `prices list --format json` rows (the console's prices page shares it). */
+export function priceRows(table: PriceTable, origin: 'user' | 'preset'): PriceRow[] {
   return table.entries.map((e) => ({
     price_id: priceIdOf(table, e),
     origin,
@@ -248,6 +270,16 @@ function rowsOf(table: PriceTable, origin: 'user' | 'preset'): PriceRow[] {
     per_image: e.prices.per_image?.toFixed() ?? null,
     effective_from: e.effectiveFrom ?? null,
     source: e.source ?? null,
+    aliases: e.aliases,
+    tiers: e.tiers.map((t) => ({
+      above_input_tokens: t.aboveInputTokens,
+      input: t.prices.input.toFixed(),
+      output: t.prices.output.toFixed(),
+      cache_read: t.prices.cache_read.toFixed(),
+      cache_write: t.prices.cache_write.toFixed(),
+      cache_write_1h: t.prices.cache_write_1h.toFixed(),
+      reasoning: t.prices.reasoning.toFixed(),
+    })),
   }));
 }
 
@@ -264,6 +296,7 @@ function renderTable(rows: PriceRow[]): string {
     'CW_1H',
     'REASONING',
     'FEES',
+    'ALSO',
   ];
   const body = rows.map((r) => [
     r.price_id,
@@ -279,6 +312,10 @@ function renderTable(rows: PriceRow[]): string {
     [r.per_request ? `${r.per_request}/request` : '', r.per_image ? `${r.per_image}/image` : '']
       .filter(Boolean)
       .join(' '),
+    [
+      ...r.aliases.map((a) => `alias ${a}`),
+      ...r.tiers.map((t) => `>${t.above_input_tokens}: ${t.input}/${t.output}`),
+    ].join(' '),
   ]);
   const all = [header, ...body];
   const widths = header.map((_, i) => Math.max(...all.map((row) => row[i]!.length)));

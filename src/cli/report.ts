@@ -267,30 +267,28 @@ function rowJson(row: ReportRow): Record<string, unknown> {
   };
 }
 
+/** The `--format json` document as an object (the console's `GET /-/api/report` answers the same). */
+export function reportToJson(report: Report): Record<string, unknown> {
+  return {
+    from: new Date(report.fromMs).toISOString(),
+    to: new Date(report.toMs).toISOString(),
+    by: report.by,
+    groups: report.groups.map(rowJson),
+    totals: report.totals.map(rowJson),
+    converted: report.converted
+      ? {
+          currency: report.converted.currency,
+          cost: nanosToDecimalText(report.converted.cost_nanos),
+          cost_nanos: report.converted.cost_nanos.toString(),
+          unconverted: report.converted.unconverted,
+        }
+      : null,
+    caveats: caveatCounts(report),
+  };
+}
+
 export function formatJson(report: Report): string {
-  const k = caveatCounts(report);
-  return (
-    JSON.stringify(
-      {
-        from: new Date(report.fromMs).toISOString(),
-        to: new Date(report.toMs).toISOString(),
-        by: report.by,
-        groups: report.groups.map(rowJson),
-        totals: report.totals.map(rowJson),
-        converted: report.converted
-          ? {
-              currency: report.converted.currency,
-              cost: nanosToDecimalText(report.converted.cost_nanos),
-              cost_nanos: report.converted.cost_nanos.toString(),
-              unconverted: report.converted.unconverted,
-            }
-          : null,
-        caveats: k,
-      },
-      null,
-      2,
-    ) + '\n'
-  );
+  return JSON.stringify(reportToJson(report), null, 2) + '\n';
 }
 
 export function formatReport(report: Report, format: ReportFormat): string {

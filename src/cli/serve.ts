@@ -6,6 +6,7 @@
 import type { Command } from 'commander';
 import { loadSettings, type CliFlags } from '../config/load.js';
 import type { Settings } from '../config/types.js';
+import { createConsole } from '../console/index.js';
 import { TokenmeterError, UsageError } from '../errors.js';
 import { createLogger, type Logger } from '../log.js';
 import { createProxyServer } from '../proxy/server.js';
@@ -31,13 +32,19 @@ export async function startServe(
   const settings = loadSettings(flags, env, cwd);
   if (settings.upstreams.length === 0) throw new UsageError(NO_UPSTREAM);
   const log = logOverride ?? createLogger(settings.logLevel);
-  const runtime = await buildRuntime(settings, log);
+  // `env` reaches the sinks too: the OpenTelemetry sink reads its OTEL_* settings from it.
+  const runtime = await buildRuntime(settings, log, env);
+  // The web console under /-/ (docs/console.md); `console: false` / --no-console leaves it 404.
+  const consoleApp =
+    settings.console === false
+      ? undefined
+      : createConsole({ settings, priceBook: runtime.priceBook, budgets: runtime.budgets, log });
   const proxy = createProxyServer({
     settings,
     meter: runtime.meter,
     log,
     health: runtime.metricsSink,
-    admin: { metrics: runtime.metrics, ready: runtime.ready },
+    admin: { metrics: runtime.metrics, ready: runtime.ready, console: consoleApp?.handler },
   });
   runtime.metricsSink.setInflightSource(() => proxy.inflightByUpstream());
   warnIfExposed(settings, log);
@@ -45,6 +52,7 @@ export async function startServe(
   try {
     addr = await proxy.listen();
   } catch (err) {
+    consoleApp?.close();
     await runtime.close();
     const e = err as NodeJS.ErrnoException;
     throw new TokenmeterError(
@@ -59,6 +67,9 @@ export async function startServe(
     upstreams: settings.upstreams.map((u) => `${u.name}=${u.url.origin}`).join(','),
     config: settings.configFile,
     db: settings.db ?? 'disabled',
+    console: consoleApp
+      ? `http://${addr.address.includes(':') ? `[${addr.address}]` : addr.address}:${addr.port}/-/ui/`
+      : 'disabled',
   });
   let stopping: Promise<void> | undefined;
   return {
@@ -71,6 +82,7 @@ export async function startServe(
         // close() returns once every exchange's record was handed to the sinks (or the grace ran
         // out), so the audit queue flushed by runtime.close() holds every record.
         await proxy.close(settings.limits.shutdownGraceMs);
+        consoleApp?.close();
         await runtime.close();
         log.info('stopped', {});
       })();
@@ -86,10 +98,13 @@ function isLoopback(host: string): boolean {
 /** §12: bound beyond loopback with no auth_token, the admin surface is open to the network. */
 export function warnIfExposed(settings: Pick<Settings, 'host' | 'authToken'>, log: Logger): boolean {
   if (isLoopback(settings.host) || settings.authToken !== undefined) return false;
-  log.warn('listening beyond loopback without auth_token: /metrics and /readyz are open to the network', {
-    host: settings.host,
-    fix: 'set auth_token in tokenmeter.yaml (clients then send Authorization: Bearer <token> for /metrics)',
-  });
+  log.warn(
+    'listening beyond loopback without auth_token: /metrics, /readyz and the console are open to the network',
+    {
+      host: settings.host,
+      fix: 'set auth_token in tokenmeter.yaml (clients then send Authorization: Bearer <token> for /metrics)',
+    },
+  );
   return true;
 }
 
@@ -102,6 +117,7 @@ interface ServeOptions {
   prices?: string[];
   presets?: boolean;
   logLevel?: string;
+  console?: boolean;
 }
 
 function collect(value: string, previous: string[] | undefined): string[] {
@@ -124,6 +140,7 @@ export function register(program: Command): void {
       collect,
     )
     .option('--no-presets', 'do not load the bundled price presets')
+    .option('--no-console', 'disable the web console and its JSON API under /-/ (config console: false)')
     .option(
       '--log-level <level>',
       'debug, info, warn, error or silent (env TOKENMETER_LOG_LEVEL; default info)',
@@ -140,6 +157,8 @@ export function register(program: Command): void {
           prices: opts.prices,
           presets: opts.presets,
           logLevel: opts.logLevel,
+          // commander sets `console: true` unless --no-console; only false overrides the file.
+          console: opts.console === false ? false : undefined,
         });
       } catch (err) {
         const exitCode = err instanceof TokenmeterError ? err.exitCode : 1;

@@ -24,6 +24,8 @@ export interface CliFlags {
   prices?: string[];
   /** false for --no-presets. */
   presets?: boolean;
+  /** false for --no-console. */
+  console?: boolean;
   logLevel?: string;
 }
 
@@ -332,6 +334,7 @@ export function loadSettings(flags: CliFlags, env: NodeJS.ProcessEnv, cwd: strin
     logLevel,
     // Env wins over the file so a deployment can keep the token out of the file.
     authToken: (env.TOKENMETER_AUTH_TOKEN || undefined) ?? cfg.auth_token,
+    console: flags.console === false ? false : (cfg.console ?? true),
     keySalt: cfg.key_salt,
     db,
     retentionDays: cfg.retention_days ?? DEFAULTS.retentionDays,

@@ -157,6 +157,8 @@ export const ConfigFile = z
     log_level: z.enum(['debug', 'info', 'warn', 'error', 'silent']).optional(),
     /** Bearer token required for /metrics and admin endpoints (recommended when not on 127.0.0.1). */
     auth_token: z.string().optional(),
+    /** The read-only web console and its JSON API under /-/ (docs/console.md); default true. */
+    console: z.boolean().optional(),
     /** HMAC secret for key fingerprints; default: generated once and kept in the DB's meta table. */
     key_salt: z.string().min(16, 'use at least 16 characters').optional(),
 

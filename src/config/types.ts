@@ -28,6 +28,11 @@ export interface Settings {
   port: number;
   logLevel: LogLevel;
   authToken?: string;
+  /**
+   * The web console and its JSON API under /-/ (docs/console.md). Optional so hand-built settings
+   * (tests, bench) need not name it: only `false` turns it off; loadSettings always sets it.
+   */
+  console?: boolean;
   keySalt?: string;
   /** SQLite path, ':memory:', or null when the audit sink is disabled (--no-db). */
   db: string | null;

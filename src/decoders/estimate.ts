@@ -152,7 +152,9 @@ function estimateOutput(decoded: DecodedResponse): number | undefined {
  * absent when it cannot be counted (see estimateOutput): pricing then says so instead of billing 0.
  */
 export function estimateUsage(info: DecoderRequestInfo, decoded: DecodedResponse): Usage | undefined {
-  if (info.operation === 'other' || info.operation === 'image_generation') return undefined;
+  // Realtime sessions are audio, counted by no local tokenizer: their usage is reported or missing.
+  if (info.operation === 'other' || info.operation === 'image_generation' || info.operation === 'realtime')
+    return undefined;
   const body = obj(info.body);
   const reported = decoded.usage;
   const hasReportedInput = reported.input !== undefined;

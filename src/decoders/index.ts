@@ -7,6 +7,7 @@ import { AnthropicMessagesDecoder } from './anthropic-messages.js';
 import { EmbeddingsDecoder } from './embeddings.js';
 import { ImagesDecoder } from './images.js';
 import { OpenAiChatDecoder } from './openai-chat.js';
+import { OpenAiRealtimeDecoder } from './openai-realtime.js';
 import { OpenAiResponsesDecoder } from './openai-responses.js';
 import type { DecodedResponse, DecoderRequestInfo, UsageDecoder } from './types.js';
 
@@ -33,6 +34,8 @@ export function createDecoder(info: DecoderRequestInfo): UsageDecoder {
       return new EmbeddingsDecoder();
     case 'image_generation':
       return new ImagesDecoder();
+    case 'realtime':
+      return new OpenAiRealtimeDecoder();
     case 'other':
       return new NoUsageDecoder();
   }

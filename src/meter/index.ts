@@ -23,6 +23,7 @@ import type { ErrorType, RequestRecord, Usage, UsageSource } from '../record.js'
 import { SseParser } from '../sse/parser.js';
 import type { HealthCounters, RequestStart, Sink, SinkRequest } from '../sinks/types.js';
 import { encodingFrom, SideCopy } from './side-copy.js';
+import { SessionCopy } from './ws-session.js';
 import type { FinishExtra, Meter, MeterBeginInput, MeterOutcome, Rejection, RequestMeter } from './types.js';
 
 export interface MeterDeps {
@@ -99,6 +100,10 @@ class RequestMeterImpl implements RequestMeter {
   private responseBytes = 0;
   private firstByteAt: number | undefined;
   private sideCopy: SideCopy | undefined;
+  /** After a 101: the WebSocket session's messages (src/meter/ws-session.ts). */
+  private session: SessionCopy | undefined;
+  /** Set at finish for a session (client→server bytes after the upgrade). */
+  private requestBytesAtEnd: number | undefined;
   private sse: SseParser | undefined;
   private bodyChunks: Buffer[] = [];
   private bodyLength = 0;
@@ -186,6 +191,10 @@ class RequestMeterImpl implements RequestMeter {
     this.guard('meter', undefined, () => {
       this.status = status;
       this.responseHeaders = headers;
+      if (status === 101) {
+        this.beginSession(headers);
+        return;
+      }
       const ct = String(headers['content-type'] ?? '').toLowerCase();
       const isSse =
         ct.includes('text/event-stream') || (this.input.info.stream && status < 300 && !ct.includes('json'));
@@ -229,9 +238,25 @@ class RequestMeterImpl implements RequestMeter {
     });
   }
 
+  /** A WebSocket session began: its server messages go to the decoder (a `realtime` one). */
+  private beginSession(headers: IncomingHttpHeaders): void {
+    const decoder = this.decoder;
+    if (!decoder || this.input.info.operation !== 'realtime') return;
+    this.session = new SessionCopy({
+      headers,
+      decoder,
+      maxMessageBytes: this.deps.maxEventBytes,
+      guard: (fn) => this.guard('decoder', undefined, fn),
+      onOversize: () => this.deps.health.sseOversize(this.input.upstream),
+    });
+  }
+
   onResponseChunk(chunk: Buffer): void {
     this.responseBytes += chunk.length;
-    if (this.sideCopy) {
+    if (this.session) {
+      const session = this.session;
+      this.guard('meter', undefined, () => session.write(chunk));
+    } else if (this.sideCopy) {
       const side = this.sideCopy;
       this.guard('meter', undefined, () => side.write(chunk));
     }
@@ -245,6 +270,7 @@ class RequestMeterImpl implements RequestMeter {
     if (this.finished) return Promise.resolve();
     this.finished = true;
     const tsEnd = this.now();
+    this.requestBytesAtEnd = extra.requestBytes;
     return new Promise<void>((resolve) => {
       // Off the response path: the exchange has already ended (or is ending) the client response;
       // everything below runs on a later turn of the event loop.
@@ -257,6 +283,23 @@ class RequestMeterImpl implements RequestMeter {
           }
         });
       };
+      if (this.session) {
+        const session = this.session;
+        let called = false;
+        const once = (): void => {
+          if (!called) {
+            called = true;
+            complete();
+          }
+        };
+        const ended = this.guard('meter', false, () => {
+          session.end(once);
+          return true;
+        });
+        // A throw inside end() must not leave the request in flight forever.
+        if (!ended) once();
+        return;
+      }
       const side = this.sideCopy;
       if (!side) return complete();
       try {
@@ -327,7 +370,7 @@ class RequestMeterImpl implements RequestMeter {
       user: info.user ?? null,
       stream: info.stream,
       trace_id: this.traceId,
-      request_bytes: this.input.requestBytes,
+      request_bytes: this.requestBytesAtEnd ?? this.input.requestBytes,
       response_bytes: this.responseBytes,
     };
   }
@@ -352,12 +395,14 @@ class RequestMeterImpl implements RequestMeter {
       cache_write_1h_tokens: null,
       output_tokens: null,
       reasoning_tokens: null,
+      audio_tokens: null,
       images: null,
       usage_source: this.decoder ? 'missing' : 'none',
       cost_nanos: null,
       currency: null,
       cost_source: null,
       price_id: null,
+      price_match: null,
       multiplier: null,
       upstream_reported_cost_nanos: null,
       upstream_reported_currency: null,
@@ -378,8 +423,12 @@ class RequestMeterImpl implements RequestMeter {
     this.bodyLength += chunk.length;
   }
 
-  private buildRecord(outcome: MeterOutcome, tsEnd: number): RequestRecord {
+  private buildRecord(endedAs: MeterOutcome, tsEnd: number): RequestRecord {
     const { info } = this.input;
+    // A WebSocket session: the server's close frame tells a clean end from an abort or a reset.
+    const session = this.session?.refine(endedAs);
+    const outcome = session?.outcome ?? endedAs;
+    if (this.session) this.notes.push(...this.session.notes);
     const status = outcome.kind === 'rejected' ? (this.rejection?.status ?? 429) : this.status;
     const bodyText = this.bodyChunks.length > 0 ? Buffer.concat(this.bodyChunks).toString('utf8') : undefined;
 
@@ -420,11 +469,11 @@ class RequestMeterImpl implements RequestMeter {
       outcome.kind === 'complete' && status !== null && status < 300 ? decoded?.bodyMalformed : undefined;
     const errorType = errorTypeFor(
       outcome,
-      classification?.errorType ?? (malformed ? 'upstream_error' : null),
+      classification?.errorType ?? session?.error?.type ?? (malformed ? 'upstream_error' : null),
     );
     const errorMessage = messageFor(
       outcome,
-      classification?.message ?? decoded?.streamError?.message ?? malformed,
+      classification?.message ?? session?.error?.message ?? decoded?.streamError?.message ?? malformed,
       this.rejectionMessage,
     );
 
@@ -471,12 +520,14 @@ class RequestMeterImpl implements RequestMeter {
       cache_write_1h_tokens: usage.cacheWrite1h ?? null,
       output_tokens: usage.output ?? null,
       reasoning_tokens: usage.reasoning ?? null,
+      audio_tokens: usage.audio ?? null,
       images: usage.images ?? null,
       usage_source: usageSource,
       cost_nanos: price?.cost_nanos ?? null,
       currency: price?.currency ?? null,
       cost_source: price?.cost_source ?? null,
       price_id: price?.price_id ?? null,
+      price_match: price?.price_match ?? null,
       multiplier: price?.multiplier ?? null,
       upstream_reported_cost_nanos: price?.upstream_reported_cost_nanos ?? null,
       upstream_reported_currency: price?.upstream_reported_currency ?? null,
@@ -518,6 +569,12 @@ class RequestMeterImpl implements RequestMeter {
       return { usage: {}, usageSource: 'missing' };
     }
     if (status >= 400 && !decoded?.usageReported) return { usage: {}, usageSource: 'none' };
+    if (this.session?.unreadable) {
+      // A session message that could not be read may have been a response.done: a sum without
+      // it would look complete, so the usage is unknown.
+      this.notes.push('usage_missing');
+      return { usage: {}, usageSource: 'missing' };
+    }
     if (decoded?.usageReported) return { usage: decoded.usage, usageSource: 'reported' };
     if (decoded?.bodyMalformed || this.bodyOverflow) {
       if (this.bodyOverflow) this.notes.push('response_too_large_to_meter');

@@ -72,7 +72,10 @@ export interface RequestMeter {
   /** Set when a budget blocks the request: send this and call finish({kind:'rejected'}). */
   readonly rejection?: Rejection;
   onResponseHead(status: number, headers: IncomingHttpHeaders): void;
-  /** A copy of bytes exactly as received from the upstream (still compressed if they were). */
+  /**
+   * A copy of bytes exactly as received from the upstream (still compressed if they were). After a
+   * `101` (WebSocket), the server→client bytes of the session, read as WebSocket messages.
+   */
   onResponseChunk(chunk: Buffer): void;
   /** The first response body byte was written to the client (time to first token for streams). */
   onFirstByteToClient(): void;
@@ -87,6 +90,11 @@ export interface RequestMeter {
 export interface FinishExtra {
   /** Time tokenmeter itself added on the request path (tokenmeter_proxy_overhead_seconds). */
   overheadSeconds?: number;
+  /**
+   * Bytes the client sent over the whole exchange, when known only at its end: a WebSocket
+   * session's client→server bytes after the upgrade (the record's `request_bytes`).
+   */
+  requestBytes?: number;
 }
 
 export interface Meter {

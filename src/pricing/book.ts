@@ -9,9 +9,16 @@
 import type { Settings } from '../config/types.js';
 import { globToRegExp, isGlob } from '../glob.js';
 import type { Logger } from '../log.js';
-import type { Operation, Usage } from '../record.js';
+import type { Operation, PriceMatchKind, Usage } from '../record.js';
 import { Dec, nanosToSafeNumber, parseDecimal, unitsToNanos } from './money.js';
-import { PRICE_UNITS, type PriceEntry, type PriceTable } from './table.js';
+import { normalizedNames, snapshotBase } from './match.js';
+import {
+  PRICE_UNITS,
+  type PriceEntry,
+  type PriceTable,
+  type PriceTier,
+  type ResolvedPrices,
+} from './table.js';
 import type { BoundingPriceBook, MaxCostQuery, MaxCostResult, PriceQuery, PriceResult } from './types.js';
 
 export interface PricedUpstream {
@@ -35,6 +42,8 @@ export interface PriceMatch {
   table: PriceTable;
   origin: TableOrigin;
   priceId: string;
+  /** Which rule found the entry (docs/pricing.md "Matching"). */
+  kind: PriceMatchKind;
 }
 
 interface EntryGroup {
@@ -46,6 +55,13 @@ interface EntryGroup {
 
 interface IndexedTable extends BookTable {
   groups: EntryGroup[];
+  /** Exact model name → groups (file order). */
+  byModel: Map<string, EntryGroup[]>;
+  /** Exact alias → groups. */
+  byAlias: Map<string, EntryGroup[]>;
+  /** Lower-cased model names and aliases → groups (the normalized and snapshot rules). */
+  byFolded: Map<string, EntryGroup[]>;
+  globs: EntryGroup[];
 }
 
 /** The tables that apply to one upstream, each list in precedence order. */
@@ -78,8 +94,15 @@ const OUTPUT_BILLED: ReadonlySet<Operation> = new Set([
   'text_completion',
   'responses',
   'messages',
+  'realtime',
   'other',
 ]);
+
+/**
+ * Operations whose tokens may be audio (priced apart from text, far higher): their audio part must
+ * be reported, and price tables have no audio prices yet, so audio makes the cost unknown.
+ */
+const AUDIO_BILLED: ReadonlySet<Operation> = new Set(['realtime']);
 
 export class TablePriceBook implements BoundingPriceBook {
   private readonly user: IndexedTable[];
@@ -159,22 +182,39 @@ export class TablePriceBook implements BoundingPriceBook {
   }
 
   /**
-   * The entry in force for `model` on `upstreamName` at `at`. Tiers, first non-empty wins:
-   * user per-upstream entries, user generic entries, preset per-upstream, preset generic (gateway
-   * presets for the upstream's host before the reference list). Within a tier an exact name beats
-   * a glob, and otherwise the first entry in file order wins.
+   * The entry in force for `model` on `upstreamName` at `at`. Precedence tiers, first non-empty
+   * wins: user per-upstream entries, user generic entries, preset per-upstream, preset generic
+   * (gateway presets for the upstream's host before the reference list). Within a tier the rules
+   * run in order — exact name, `aliases:`, normalized (case, one `vendor/` prefix), dated snapshot
+   * (a trailing date removed), glob — and within a rule the first table, then the first entry in
+   * file order, wins. docs/pricing.md "Matching".
    */
   lookup(model: string, upstreamName: string, at: Date): PriceMatch | undefined {
     const { user, presets } = this.applicable(upstreamName);
     const atMs = at.getTime();
+    // Compared with the entries' names lower-cased: `gpt-4o` also finds an entry written `GPT-4o`.
+    const folded = normalizedNames(model);
+    const bases = folded.flatMap((n) => {
+      const base = snapshotBase(n);
+      return base === undefined ? [] : [base];
+    });
+    const rules: Array<[PriceMatchKind, (t: IndexedTable) => EntryGroup[]]> = [
+      ['exact', (t) => t.byModel.get(model) ?? []],
+      ['alias', (t) => t.byAlias.get(model) ?? []],
+      ['normalized', (t) => folded.flatMap((n) => t.byFolded.get(n) ?? [])],
+      ['snapshot', (t) => bases.flatMap((n) => t.byFolded.get(n) ?? [])],
+      [
+        'glob',
+        (t) =>
+          t.globs.filter((g) => g.history[0]!.matches(model) || folded.some((n) => g.history[0]!.matches(n))),
+      ],
+    ];
     for (const applicable of [user, presets]) {
       for (const perUpstream of [true, false]) {
-        for (const wantGlob of [false, true]) {
+        for (const [kind, candidates] of rules) {
           for (const t of applicable) {
-            for (const g of t.groups) {
-              if (g.isGlob !== wantGlob) continue;
+            for (const g of candidates(t)) {
               if (perUpstream ? g.upstream !== upstreamName : g.upstream !== undefined) continue;
-              if (!g.history[0]!.matches(model)) continue;
               const inForce = g.history.find(
                 (e) => e.effectiveFromMs === undefined || e.effectiveFromMs <= atMs,
               );
@@ -184,6 +224,7 @@ export class TablePriceBook implements BoundingPriceBook {
                 table: t.table,
                 origin: t.origin,
                 priceId: priceIdOf(t.table, inForce),
+                kind,
               };
             }
           }
@@ -246,6 +287,11 @@ export class TablePriceBook implements BoundingPriceBook {
     const match = this.lookup(model, query.upstream, query.at);
     if (!match)
       return { cost_nanos: null, reason: `no price entry for model ${model} on upstream ${query.upstream}` };
+    // Every tier the prompt bound could reach may apply: bound with the highest of their rates.
+    const reachable = [
+      match.entry.prices,
+      ...match.entry.tiers.filter((t) => query.inputTokens > t.aboveInputTokens).map((t) => t.prices),
+    ];
     const p = match.entry.prices;
     const choices = query.choices ?? 1;
     const modelMax = match.entry.maxOutputTokens;
@@ -266,8 +312,11 @@ export class TablePriceBook implements BoundingPriceBook {
       outputFrom = 'default';
     }
     const outputTokens = NO_OUTPUT.has(query.operation) ? 0 : perChoice * choices;
-    const inputRate = maxDec(p.input, p.cache_read, p.cache_write, p.cache_write_1h);
-    const outputRate = maxDec(p.output, p.reasoning);
+    const inputRate = maxDec(
+      p.input,
+      ...reachable.flatMap((r) => [r.input, r.cache_read, r.cache_write, r.cache_write_1h]),
+    );
+    const outputRate = maxDec(p.output, ...reachable.flatMap((r) => [r.output, r.reasoning]));
     const unit = new Dec(PRICE_UNITS[match.table.unit]);
     let units = new Dec(query.inputTokens)
       .times(inputRate)
@@ -298,6 +347,7 @@ export class TablePriceBook implements BoundingPriceBook {
       currency: null,
       cost_source: 'unpriced',
       price_id: null,
+      price_match: null,
       multiplier: null,
       upstream_reported_cost_nanos: null,
       upstream_reported_currency: reportedCurrency ?? null,
@@ -311,21 +361,21 @@ export class TablePriceBook implements BoundingPriceBook {
       return unpriced(`unpriced: no price entry for model ${model} on upstream ${query.upstream}`);
     }
     const multiplier = this.multiplierFor(query.upstream, query.app, model);
+    const tier = tierFor(match.entry, query.usage);
+    const which = {
+      price_id: tier ? `${match.priceId}>${tier.aboveInputTokens}` : match.priceId,
+      price_match: match.kind,
+      multiplier: multiplier.toFixed(),
+    };
     const base = costInUnits(match, query.usage, query.operation);
-    if ('reason' in base)
-      return unpriced(base.reason, { price_id: match.priceId, multiplier: multiplier.toFixed() });
+    if ('reason' in base) return unpriced(base.reason, which);
     const nanos = nanosToSafeNumber(unitsToNanos(base.units.times(multiplier)));
-    if (nanos === null)
-      return unpriced('cost too large to store exactly', {
-        price_id: match.priceId,
-        multiplier: multiplier.toFixed(),
-      });
+    if (nanos === null) return unpriced('cost too large to store exactly', which);
     return {
       cost_nanos: nanos,
       currency: match.entry.currency,
       cost_source: 'computed',
-      price_id: match.priceId,
-      multiplier: multiplier.toFixed(),
+      ...which,
       upstream_reported_cost_nanos: null,
       upstream_reported_currency: reportedCurrency ?? null,
     };
@@ -390,7 +440,7 @@ export function costInUnits(
   usage: Usage,
   operation: Operation,
 ): { units: Dec } | { reason: string } {
-  const p = match.entry.prices;
+  const p = pricesFor(match.entry, usage);
   const unit = new Dec(PRICE_UNITS[match.table.unit]);
   const perImageOnly = operation === 'image_generation' && p.per_image !== undefined;
 
@@ -401,10 +451,15 @@ export function costInUnits(
     if (usage.input === undefined) missing.push('input');
     if (usage.output === undefined && OUTPUT_BILLED.has(operation)) missing.push('output');
   }
+  if (AUDIO_BILLED.has(operation) && usage.audio === undefined) missing.push('audio/text split');
   if (missing.length > 0) {
     const any = Object.values(usage).some((v) => v !== undefined);
     return { reason: any ? `usage incomplete: ${missing.join(', ')} not reported` : 'usage missing' };
   }
+  // Never priced as text: audio costs several times more per token (e.g. gpt-realtime $32 vs $4
+  // per 1M input). Unknown is not zero, and a wrong figure is worse than none.
+  if (usage.audio !== undefined && usage.audio > 0)
+    return { reason: `unpriced token kind: ${usage.audio} audio tokens (price tables have no audio prices)` };
 
   const cacheWrite = usage.cacheWrite ?? usage.cacheWrite1h;
   if (cacheWrite !== undefined && usage.cacheWrite1h !== undefined && usage.cacheWrite1h > cacheWrite)
@@ -443,6 +498,28 @@ export function costInUnits(
   return { units };
 }
 
+/**
+ * The input-length tier a request falls in: the one with the highest `above_input_tokens` that its
+ * prompt — uncached input + cache reads + cache writes — exceeds; undefined below every tier.
+ * Unreported cache counts add nothing (they are "not reported, nothing billed", as in the cost).
+ */
+export function tierFor(entry: PriceEntry, usage: Usage): PriceTier | undefined {
+  if (entry.tiers.length === 0) return undefined;
+  const cacheWrite = usage.cacheWrite ?? usage.cacheWrite1h;
+  const prompt = [usage.input, usage.cacheRead, cacheWrite].reduce<number>(
+    (sum, n) => (n === undefined ? sum : sum + n),
+    0,
+  );
+  let found: PriceTier | undefined;
+  for (const t of entry.tiers) if (prompt > t.aboveInputTokens) found = t;
+  return found;
+}
+
+/** The prices a request pays: its tier's when it falls in one, else the entry's. */
+export function pricesFor(entry: PriceEntry, usage: Usage): ResolvedPrices {
+  return tierFor(entry, usage)?.prices ?? entry.prices;
+}
+
 function maxDec(first: Dec, ...rest: Dec[]): Dec {
   return rest.reduce((max, d) => (d.greaterThan(max) ? d : max), first);
 }
@@ -462,7 +539,26 @@ function indexTable(table: PriceTable, origin: TableOrigin): IndexedTable {
   }
   for (const g of groups)
     g.history.sort((a, b) => (b.effectiveFromMs ?? -Infinity) - (a.effectiveFromMs ?? -Infinity));
-  return { table, origin, groups };
+  const byModel = new Map<string, EntryGroup[]>();
+  const byAlias = new Map<string, EntryGroup[]>();
+  const byFolded = new Map<string, EntryGroup[]>();
+  const add = (map: Map<string, EntryGroup[]>, name: string, g: EntryGroup) => {
+    const list = map.get(name) ?? [];
+    if (!list.includes(g)) list.push(g);
+    map.set(name, list);
+  };
+  for (const g of groups) {
+    if (g.isGlob) continue;
+    const model = g.history[0]!.model;
+    add(byModel, model, g);
+    add(byFolded, model.toLowerCase(), g);
+    // The aliases of every dated entry of a model name the whole history.
+    for (const alias of g.history.flatMap((e) => e.aliases)) {
+      add(byAlias, alias, g);
+      add(byFolded, alias.toLowerCase(), g);
+    }
+  }
+  return { table, origin, groups, byModel, byAlias, byFolded, globs: groups.filter((g) => g.isGlob) };
 }
 
 /** A host-scoped file applies to an upstream on that host or a subdomain of it. */

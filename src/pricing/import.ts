@@ -8,7 +8,7 @@
  * Pure: JSON in, entries and YAML text out. Every number goes through exact decimals.
  */
 import { Dec, parseDecimal } from './money.js';
-import { MONEY_KEYS } from './table.js';
+import { MONEY_KEYS, TIER_MONEY_KEYS } from './table.js';
 
 export interface ImportedEntry {
   model: string;
@@ -23,8 +23,30 @@ export interface ImportedEntry {
   per_image?: Dec;
   /** The model's maximum output per request, when the source states it (LiteLLM does). */
   max_output_tokens?: number;
+  /** Input-length tiers (LiteLLM `*_above_<N>k_tokens`), thresholds increasing. */
+  tiers?: ImportedTier[];
   note?: string;
 }
+
+export interface ImportedTier {
+  above_input_tokens: number;
+  input: Dec;
+  output: Dec;
+  cache_read?: Dec;
+  cache_write?: Dec;
+  cache_write_1h?: Dec;
+}
+
+/** LiteLLM's tiered keys (`input_cost_per_token_above_200k_tokens` …) → our tier fields. */
+const LITELLM_TIER_KEY =
+  /^(input_cost_per_token|output_cost_per_token|cache_read_input_token_cost|cache_creation_input_token_cost|cache_creation_input_token_cost_above_1hr)_above_(\d+)k_tokens$/;
+const LITELLM_TIER_FIELD = {
+  input_cost_per_token: 'input',
+  output_cost_per_token: 'output',
+  cache_read_input_token_cost: 'cache_read',
+  cache_creation_input_token_cost: 'cache_write',
+  cache_creation_input_token_cost_above_1hr: 'cache_write_1h',
+} as const;
 
 export interface ImportResult {
   currency: string;
@@ -50,7 +72,8 @@ export function importLitellm(json: unknown, opts: { currency?: string; source: 
     skipped: [],
     notes: [
       'Imported from LiteLLM model_prices_and_context_window.json (USD per token × 1,000,000).',
-      'Tiered prices (*_above_200k_tokens) and per-character / per-second prices are not modelled.',
+      'Tiered prices (*_above_<N>k_tokens) become `tiers:` (the whole request at the tier above N K prompt tokens);',
+      'per-character / per-second prices are not modelled.',
     ],
   };
   for (const [model, info] of Object.entries(json)) {
@@ -104,11 +127,46 @@ export function importLitellm(json: unknown, opts: { currency?: string; source: 
       entry.max_output_tokens = maxOut;
     if (typeof info.input_cost_per_request === 'number')
       entry.per_request = parseDecimal(info.input_cost_per_request);
-    if (Object.keys(info).some((k) => /above_\d+k?_tokens/.test(k)))
-      entry.note = 'tiered above a context size in LiteLLM; the base tier is used';
+    const tiers = litellmTiers(info, entry);
+    if (tiers === null) {
+      result.skipped.push({ model, reason: 'a tier price is not a number' });
+      continue;
+    }
+    if (tiers.length > 0) entry.tiers = tiers;
     result.entries.push(entry);
   }
   return result;
+}
+
+/**
+ * LiteLLM's `*_above_<N>k_tokens` prices as tiers above N × 1000 prompt tokens; a tier that states
+ * no input (or output) price keeps the base one. null when a tier price is not a number.
+ */
+function litellmTiers(info: Record<string, unknown>, base: ImportedEntry): ImportedTier[] | null {
+  const byThreshold = new Map<number, Partial<ImportedTier>>();
+  for (const [key, value] of Object.entries(info)) {
+    const m = LITELLM_TIER_KEY.exec(key);
+    if (!m || value === null || value === undefined) continue;
+    if (typeof value !== 'number' && typeof value !== 'string') return null;
+    let price: Dec;
+    try {
+      price = parseDecimal(value).times(PER_MILLION);
+    } catch {
+      return null;
+    }
+    const above = Number(m[2]) * 1000;
+    const tier = byThreshold.get(above) ?? {};
+    tier[LITELLM_TIER_FIELD[m[1] as keyof typeof LITELLM_TIER_FIELD]] = price;
+    byThreshold.set(above, tier);
+  }
+  return [...byThreshold.entries()]
+    .sort(([a], [b]) => a - b)
+    .map(([above, t]) => ({
+      ...t,
+      above_input_tokens: above,
+      input: t.input ?? base.input,
+      output: t.output ?? base.output,
+    }));
 }
 
 /** Reads a ratio map that may be an object or (one-api option export) a JSON string of one. */
@@ -238,6 +296,16 @@ export function importToYaml(result: ImportResult, date: string): string {
       if (v !== undefined) lines.push(`    ${k}: ${v.toFixed()}`);
     }
     if (e.max_output_tokens !== undefined) lines.push(`    max_output_tokens: ${e.max_output_tokens}`);
+    if (e.tiers && e.tiers.length > 0) {
+      lines.push('    tiers:');
+      for (const t of e.tiers) {
+        lines.push(`      - above_input_tokens: ${t.above_input_tokens}`);
+        for (const k of TIER_MONEY_KEYS) {
+          const v = t[k as keyof ImportedTier] as Dec | undefined;
+          if (v !== undefined) lines.push(`        ${k}: ${v.toFixed()}`);
+        }
+      }
+    }
     lines.push(`    source: ${JSON.stringify(result.source)}`, `    date: ${date}`);
     if (e.note) lines.push(`    note: ${JSON.stringify(e.note)}`);
   }

@@ -15,11 +15,27 @@ export {
   TablePriceBook,
   costInUnits,
   priceIdOf,
+  pricesFor,
+  tierFor,
   DEFAULT_MAX_OUTPUT_TOKENS,
   type PricedUpstream,
   type PriceMatch,
 } from './book.js';
-export { loadPriceTable, parsePriceTable, type PriceEntry, type PriceTable } from './table.js';
+export {
+  loadPriceTable,
+  parsePriceTable,
+  type PriceEntry,
+  type PriceTable,
+  type PriceTier,
+} from './table.js';
+export {
+  matchWarnings,
+  normalizedNames,
+  snapshotBase,
+  PRICE_MATCH_KINDS,
+  type MatchWarning,
+  type PriceMatchKind,
+} from './match.js';
 export type {
   BoundingPriceBook,
   MaxCostQuery,
@@ -57,6 +73,22 @@ export function loadPriceBook(opts: PriceBookOptions): TablePriceBook {
   }
   if (problems.length > 0) throw new ConfigError(problems, 'PRICES_INVALID');
   return new TablePriceBook(user, presets, opts.multipliers, opts.upstreams, opts.log);
+}
+
+/** The price book `serve` builds from effective settings; `tokenmeter reprice` builds the same one. */
+export function priceBookFor(settings: Settings, log?: Logger): TablePriceBook {
+  return loadPriceBook({
+    files: settings.priceFiles,
+    presets: settings.presets,
+    multipliers: settings.multipliers,
+    upstreams: settings.upstreams.map((u) => ({
+      name: u.name,
+      url: u.url,
+      multiplier: u.multiplier,
+      trustReportedCost: u.trustReportedCost,
+    })),
+    log,
+  });
 }
 
 /** Every `*.yaml`, `*.yml` and `*.json` file of the presets directory, in name order. */

@@ -25,13 +25,30 @@ export interface ResolvedPrices {
   per_image: Dec | undefined;
 }
 
+/**
+ * An input-length tier (`tiers:` of an entry): when a request's prompt — uncached input + cache
+ * reads + cache writes — exceeds `aboveInputTokens`, the **whole request** is priced at this tier's
+ * rates (how Anthropic's 1M-context and Gemini's > 200K pricing bill). docs/pricing.md.
+ */
+export interface PriceTier {
+  aboveInputTokens: number;
+  /** Resolved like an entry's prices; `per_request` / `per_image` are the entry's own. */
+  prices: ResolvedPrices;
+  written: Record<string, string>;
+  line: number;
+}
+
 export interface PriceEntry {
   /** Exact model name or glob (SQLite GLOB syntax: `*`, `?`, `[...]`, `[^...]`; src/glob.ts). */
   model: string;
   isGlob: boolean;
+  /** Other exact names of the same model (`aliases:`); never globs. */
+  aliases: string[];
   upstream: string | undefined;
   currency: string;
   prices: ResolvedPrices;
+  /** Input-length tiers, thresholds strictly increasing; empty when the entry has none. */
+  tiers: PriceTier[];
   /** The values as written in the file (for `prices list` and for recomputing by hand). */
   written: Record<string, string>;
   /**
@@ -86,15 +103,27 @@ export const MONEY_KEYS = [
 ] as const;
 const ENTRY_KEYS = new Set<string>([
   'model',
+  'aliases',
   'upstream',
   'currency',
   ...MONEY_KEYS,
   'max_output_tokens',
+  'tiers',
   'effective_from',
   'source',
   'date',
   'note',
 ]);
+/** Price fields a tier may restate; fees (`per_request`, `per_image`) are the entry's. */
+export const TIER_MONEY_KEYS = [
+  'input',
+  'output',
+  'cache_read',
+  'cache_write',
+  'cache_write_1h',
+  'reasoning',
+] as const;
+const TIER_KEYS = new Set<string>(['above_input_tokens', ...TIER_MONEY_KEYS]);
 const CURRENCY = /^[A-Z]{3}$/;
 const NAME = /^[A-Za-z0-9_.-]{1,64}$/;
 const HOST = /^[A-Za-z0-9.-]+(:\d+)?$/;
@@ -200,6 +229,7 @@ export function parsePriceTable(
         cacheReadRatio,
         cacheWriteRatio,
         line: at(item).line ?? 0,
+        lineOf: (node) => at(node).line ?? 0,
         problem,
       });
       if (!entry || problems.length > before) return;
@@ -239,6 +269,7 @@ function parseEntry(
     cacheReadRatio: Dec | undefined;
     cacheWriteRatio: Dec | undefined;
     line: number;
+    lineOf: (node: Node) => number;
     problem: Problem;
   },
 ): PriceEntry | undefined {
@@ -274,32 +305,25 @@ function parseEntry(
   const source = stringField(f.get('source'), `${prefix}.source`, problem);
   const date = dateField(f.get('date'), `${prefix}.date`, problem);
   const note = stringField(f.get('note'), `${prefix}.note`, problem);
+  // SQLite GLOB syntax, like every model glob (src/glob.ts).
+  const isGlob = model !== undefined && isGlobPattern(model);
+  const aliases = aliasesField(f.get('aliases'), `${prefix}.aliases`, model, isGlob, problem);
+  const tiers = tiersField(f.get('tiers'), `${prefix}.tiers`, ctx);
 
   if (model === undefined || money.input === undefined || money.output === undefined) return undefined;
-  const input = money.input;
-  const output = money.output;
-  // §5.1 defaults: cache prices follow the file's ratios when set, else the input price;
-  // a 1h cache write costs what a 5m write costs unless stated; reasoning is billed as output.
-  const cacheRead = money.cache_read ?? (ctx.cacheReadRatio ? input.times(ctx.cacheReadRatio) : input);
-  const cacheWrite = money.cache_write ?? (ctx.cacheWriteRatio ? input.times(ctx.cacheWriteRatio) : input);
-  // SQLite GLOB syntax, like every model glob (src/glob.ts).
-  const isGlob = isGlobPattern(model);
   const matcher = isGlob ? globToRegExp(model) : undefined;
   return {
     model,
     isGlob,
+    aliases,
     upstream,
     currency: currency ?? ctx.currency,
-    prices: {
-      input,
-      output,
-      cache_read: cacheRead,
-      cache_write: cacheWrite,
-      cache_write_1h: money.cache_write_1h ?? cacheWrite,
-      reasoning: money.reasoning ?? output,
-      per_request: money.per_request,
-      per_image: money.per_image,
-    },
+    prices: resolvePrices(money as Money & { input: Dec; output: Dec }, ctx, money),
+    // A tier restates token prices only: the entry's fees apply at every tier.
+    tiers: tiers.map((t) => ({
+      ...t,
+      prices: { ...t.prices, per_request: money.per_request, per_image: money.per_image },
+    })),
     written,
     maxOutputTokens,
     effectiveFromMs: effective?.ms,
@@ -310,6 +334,126 @@ function parseEntry(
     line: ctx.line,
     matches: matcher ? (m) => matcher.test(m) : (m) => m === model,
   };
+}
+
+type Money = Partial<Record<(typeof MONEY_KEYS)[number], Dec>>;
+
+/**
+ * §5.1 defaults: cache prices follow the file's ratios when set, else the input price; a 1h cache
+ * write costs what a 5m write costs unless stated; reasoning is billed as output. Fees come from
+ * `fees` (a tier's fees are its entry's).
+ */
+function resolvePrices(
+  money: Money & { input: Dec; output: Dec },
+  ctx: { cacheReadRatio: Dec | undefined; cacheWriteRatio: Dec | undefined },
+  fees: Money,
+): ResolvedPrices {
+  const { input, output } = money;
+  const cacheRead = money.cache_read ?? (ctx.cacheReadRatio ? input.times(ctx.cacheReadRatio) : input);
+  const cacheWrite = money.cache_write ?? (ctx.cacheWriteRatio ? input.times(ctx.cacheWriteRatio) : input);
+  return {
+    input,
+    output,
+    cache_read: cacheRead,
+    cache_write: cacheWrite,
+    cache_write_1h: money.cache_write_1h ?? cacheWrite,
+    reasoning: money.reasoning ?? output,
+    per_request: fees.per_request,
+    per_image: fees.per_image,
+  };
+}
+
+/** `aliases:` — other exact names of the model (not globs, not the model itself, no repeats). */
+function aliasesField(
+  pair: Pair | undefined,
+  field: string,
+  model: string | undefined,
+  isGlob: boolean,
+  problem: Problem,
+): string[] {
+  if (!pair) return [];
+  if (!isSeq(pair.value)) {
+    problem((pair.value as Node | null) ?? pair.key, field, 'expected a list of model names');
+    return [];
+  }
+  if (isGlob) {
+    problem(pair.key, field, 'a glob entry cannot have aliases: list the names as entries or widen the glob');
+    return [];
+  }
+  const out: string[] = [];
+  pair.value.items.forEach((item, i) => {
+    const name = isScalar(item) ? scalarText(item) : undefined;
+    const at = `${field}[${i}]`;
+    if (name === undefined || name.trim() === '') problem(item as Node, at, 'expected a model name');
+    else if (isGlobPattern(name))
+      problem(item as Node, at, 'an alias is an exact name (no * ? [): use a glob entry instead');
+    else if (name === model) problem(item as Node, at, 'the alias is the model name itself');
+    else if (out.includes(name)) problem(item as Node, at, `repeated alias ${name}`);
+    else out.push(name);
+  });
+  return out;
+}
+
+/** `tiers:` — input-length tiers, each `above_input_tokens` plus restated prices, thresholds increasing. */
+function tiersField(
+  pair: Pair | undefined,
+  field: string,
+  ctx: {
+    cacheReadRatio: Dec | undefined;
+    cacheWriteRatio: Dec | undefined;
+    lineOf: (node: Node) => number;
+    problem: Problem;
+  },
+): PriceTier[] {
+  if (!pair) return [];
+  const { problem } = ctx;
+  if (!isSeq(pair.value) || pair.value.items.length === 0) {
+    problem((pair.value as Node | null) ?? pair.key, field, 'expected a non-empty list of tiers');
+    return [];
+  }
+  const tiers: PriceTier[] = [];
+  let previous: number | undefined;
+  pair.value.items.forEach((item, i) => {
+    const prefix = `${field}[${i}]`;
+    if (!isMap(item)) {
+      problem(item as Node, prefix, 'expected a mapping with above_input_tokens, input and output');
+      return;
+    }
+    const f = fields(item, TIER_KEYS, `${prefix}.`, problem);
+    const above = tokenCountField(f.get('above_input_tokens'), `${prefix}.above_input_tokens`, problem);
+    if (!f.has('above_input_tokens'))
+      problem(
+        item,
+        `${prefix}.above_input_tokens`,
+        'required: the prompt size (tokens) above which this tier applies',
+      );
+    else if (above !== undefined && previous !== undefined && above <= previous)
+      problem(
+        f.get('above_input_tokens')?.value,
+        `${prefix}.above_input_tokens`,
+        `thresholds must increase: ${above} is not above the previous tier's ${previous}`,
+      );
+    const money: Money = {};
+    const written: Record<string, string> = {};
+    for (const k of TIER_MONEY_KEYS) {
+      const v = decimalField(f.get(k), `${prefix}.${k}`, problem);
+      if (v !== undefined) {
+        money[k] = v;
+        written[k] = v.toFixed();
+      }
+    }
+    for (const k of ['input', 'output'] as const)
+      if (!f.has(k)) problem(item, `${prefix}.${k}`, `required: the tier's price per unit of ${k} tokens`);
+    if (above !== undefined) previous = Math.max(previous ?? 0, above);
+    if (above === undefined || money.input === undefined || money.output === undefined) return;
+    tiers.push({
+      aboveInputTokens: above,
+      prices: resolvePrices(money as Money & { input: Dec; output: Dec }, ctx, {}),
+      written,
+      line: ctx.lineOf(item),
+    });
+  });
+  return tiers;
 }
 
 /** Collects a mapping's pairs by key, reporting unknown and non-string keys. */

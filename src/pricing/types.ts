@@ -1,4 +1,4 @@
-import type { CostSource, Operation, Usage } from '../record.js';
+import type { CostSource, Operation, PriceMatchKind, Usage } from '../record.js';
 
 export interface PriceQuery {
   model: string | undefined;
@@ -18,6 +18,11 @@ export interface PriceResult {
   cost_source: CostSource;
   /** `file#model@effective_from` of the entry used, so a cost can be traced back. */
   price_id: string | null;
+  /**
+   * How the entry was found: exact, alias, normalized, snapshot or glob (null or absent: none
+   * matched). Optional so PriceBook test doubles need not state it.
+   */
+  price_match?: PriceMatchKind | null;
   /** Exact decimal product of the multiplier stack, e.g. "0.8". */
   multiplier: string | null;
   upstream_reported_cost_nanos: number | null;

@@ -9,14 +9,12 @@
  * response path awaits metering, and a failure of any metering step never reaches the client.
  */
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
-import https from 'node:https';
-import type { Socket } from 'node:net';
 import type { UpstreamSettings } from '../config/types.js';
 import { inspectRequest } from '../meter/inspect.js';
 import type { MeterOutcome, RequestInfo, RequestMeter } from '../meter/types.js';
 import { joinUpstreamPath } from './path-join.js';
 import type { ProxyContext } from './context.js';
-import { endpointError, forwardableHeaders } from './http-util.js';
+import { endpointError, forwardableHeaders, openUpstreamRequest, unreachableMessage } from './http-util.js';
 import {
   canRecode,
   EncodedUsageChunkStripper,
@@ -233,18 +231,11 @@ export class Exchange {
     attempt = 0,
   ): void {
     const upstream = this.upstream;
-    const isHttps = upstream.url.protocol === 'https:';
     let r: http.ClientRequest;
     try {
-      r = (isHttps ? https : http).request({
-        protocol: upstream.url.protocol,
-        hostname: upstream.url.hostname.replace(/^\[|\]$/g, ''),
-        port: upstream.url.port || (isHttps ? 443 : 80),
-        method,
-        path: targetPath,
-        headers,
-        agent: this.ctx.agentFor(upstream),
-        setHost: false,
+      r = openUpstreamRequest(upstream, this.ctx.agentFor(upstream), method, targetPath, headers, () => {
+        if (this.connectTimer) clearTimeout(this.connectTimer);
+        this.connectTimer = undefined;
       });
     } catch (err) {
       // A synchronous failure building the upstream request (e.g. an invalid configured header
@@ -256,14 +247,6 @@ export class Exchange {
     }
     this.upReq = r;
     this.connectTimer = setTimeout(() => this.onTimeout('connect'), upstream.connectTimeoutMs);
-    r.on('socket', (s: Socket) => {
-      const connected = () => {
-        if (this.connectTimer) clearTimeout(this.connectTimer);
-        this.connectTimer = undefined;
-      };
-      if (s.connecting) s.once(isHttps ? 'secureConnect' : 'connect', connected);
-      else connected();
-    });
     // The upstream idle timer starts once the whole request is on the wire: a slow upload is the
     // client's time, not the upstream's (§3.1).
     r.on('finish', () => {
@@ -288,11 +271,7 @@ export class Exchange {
         return;
       }
       this.ctx.log.warn('upstream unreachable', { upstream: upstream.name, code: err.code ?? 'error' });
-      this.fail(
-        502,
-        'upstream_unreachable',
-        `tokenmeter: cannot reach upstream "${upstream.name}" (${err.code ?? 'network error'})`,
-      );
+      this.fail(502, 'upstream_unreachable', unreachableMessage(upstream, err));
       this.end({ kind: 'network', message: err.code ?? err.message, reachedUpstream: this.sent });
     });
     r.on('response', (upRes: IncomingMessage) => this.onResponse(upRes, strip));

@@ -1,4 +1,47 @@
-/** HTTP helpers the proxy shares: hop-by-hop filtering and endpoint-shaped error bodies. */
+/**
+ * HTTP helpers the proxy's HTTP exchange and WebSocket session share: opening the upstream request,
+ * hop-by-hop filtering and endpoint-shaped error bodies.
+ */
+import http from 'node:http';
+import https from 'node:https';
+import type { Socket } from 'node:net';
+import type { UpstreamSettings } from '../config/types.js';
+
+/**
+ * One request to `upstream` through its keep-alive `agent`. `onConnected` runs once the socket is
+ * connected (TLS included), or at once on a pooled socket: the caller's connect timer stops there.
+ * Throws synchronously as http.request does (e.g. an invalid configured header value).
+ */
+export function openUpstreamRequest(
+  upstream: UpstreamSettings,
+  agent: http.Agent,
+  method: string,
+  path: string,
+  headers: string[],
+  onConnected: () => void,
+): http.ClientRequest {
+  const isHttps = upstream.url.protocol === 'https:';
+  const r = (isHttps ? https : http).request({
+    protocol: upstream.url.protocol,
+    hostname: upstream.url.hostname.replace(/^\[|\]$/g, ''),
+    port: upstream.url.port || (isHttps ? 443 : 80),
+    method,
+    path,
+    headers,
+    agent,
+    setHost: false,
+  });
+  r.on('socket', (s: Socket) => {
+    if (s.connecting) s.once(isHttps ? 'secureConnect' : 'connect', onConnected);
+    else onConnected();
+  });
+  return r;
+}
+
+/** The client's message when the upstream cannot be reached (never a stack trace, never the key). */
+export function unreachableMessage(upstream: UpstreamSettings, err: NodeJS.ErrnoException): string {
+  return `tokenmeter: cannot reach upstream "${upstream.name}" (${err.code ?? 'network error'})`;
+}
 
 /**
  * RFC 9110 §7.6.1 connection-specific fields, plus the legacy ones every proxy drops. `expect` is
@@ -16,8 +59,18 @@ const HOP_BY_HOP = new Set([
   'upgrade',
 ]);
 
-/** Filters a rawHeaders array: hop-by-hop names, names listed in Connection, and `drop(name)`. */
-export function forwardableHeaders(raw: string[], drop: (lower: string) => boolean): string[] {
+/** The same minus the upgrade's own fields, which a WebSocket upgrade (and its 101) must keep. */
+const HOP_BY_HOP_BUT_UPGRADE = new Set([...HOP_BY_HOP].filter((h) => h !== 'connection' && h !== 'upgrade'));
+
+/**
+ * Filters a rawHeaders array (names' case, order and duplicates kept): hop-by-hop names, names
+ * listed in Connection, and `drop(name)`. `keepUpgrade`: `Connection` and `Upgrade` stay.
+ */
+export function forwardableHeaders(
+  raw: string[],
+  drop: (lower: string) => boolean,
+  opts: { keepUpgrade?: boolean } = {},
+): string[] {
   let listed: Set<string> | undefined;
   for (let i = 0; i < raw.length; i += 2) {
     if (raw[i]!.toLowerCase() === 'connection') {
@@ -25,10 +78,12 @@ export function forwardableHeaders(raw: string[], drop: (lower: string) => boole
       for (const n of raw[i + 1]!.split(',')) listed.add(n.trim().toLowerCase());
     }
   }
+  if (opts.keepUpgrade) listed?.delete('upgrade');
+  const hopByHop = opts.keepUpgrade ? HOP_BY_HOP_BUT_UPGRADE : HOP_BY_HOP;
   const out: string[] = [];
   for (let i = 0; i < raw.length; i += 2) {
     const lower = raw[i]!.toLowerCase();
-    if (HOP_BY_HOP.has(lower) || listed?.has(lower) || drop(lower)) continue;
+    if (hopByHop.has(lower) || listed?.has(lower) || drop(lower)) continue;
     out.push(raw[i]!, raw[i + 1]!);
   }
   return out;

@@ -6,6 +6,7 @@
  */
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { timingSafeEqual } from 'node:crypto';
 import type { Settings } from '../config/types.js';
 import type { Logger } from '../log.js';
@@ -14,6 +15,7 @@ import { NOOP_HEALTH, type HealthCounters } from '../sinks/types.js';
 import { createAgents, Inflight, type InflightMember, type ProxyContext } from './context.js';
 import { Exchange } from './exchange.js';
 import { createRouter } from './router.js';
+import { answerRaw, isWebSocketUpgrade, WsSession } from './websocket.js';
 
 export { endpointError } from './http-util.js';
 
@@ -59,6 +61,38 @@ function bearerMatches(header: string | undefined, token: string): boolean {
   const given = Buffer.from(header.slice(7));
   const want = Buffer.from(token);
   return given.length === want.length && timingSafeEqual(given, want);
+}
+
+/**
+ * Any other `Upgrade` (e.g. curl's `h2c`) is ignored, as RFC 9110 §7.8 allows: the request is
+ * served as plain HTTP/1.1 by the normal handler (Node hands every Upgrade request to the
+ * 'upgrade' listener once there is one). One with a body is refused: Node has stopped parsing at
+ * its head, so the body could not be forwarded intact.
+ */
+function serveIgnoringUpgrade(server: http.Server, req: IncomingMessage, socket: Duplex, head: Buffer): void {
+  const hasBody =
+    head.length > 0 ||
+    req.headers['transfer-encoding'] !== undefined ||
+    (req.headers['content-length'] !== undefined && req.headers['content-length'] !== '0');
+  if (hasBody) {
+    const body =
+      '{"error":{"message":"Upgrade with a request body is not supported; send it without Upgrade","type":"bad_request"}}';
+    answerRaw(
+      socket,
+      400,
+      { 'content-type': 'application/json', 'content-length': String(body.length) },
+      body,
+    );
+    return;
+  }
+  const res = new http.ServerResponse(req);
+  res.shouldKeepAlive = false;
+  res.assignSocket(socket as Socket);
+  res.on('finish', () => {
+    res.detachSocket(socket as Socket);
+    socket.end(() => socket.destroy());
+  });
+  server.emit('request', req, res);
 }
 
 export function createProxyServer(opts: ProxyServerOptions): ProxyServer {
@@ -141,6 +175,27 @@ export function createProxyServer(opts: ProxyServerOptions): ProxyServer {
       void new Exchange(ctx, req, res, Date.now()).run();
     },
   );
+  // WebSocket upgrades (OpenAI Realtime): one WsSession each (./websocket.ts, docs/proxy.md).
+  server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+    const url = req.url ?? '/';
+    const q = url.indexOf('?');
+    const pathOnly = q === -1 ? url : url.slice(0, q);
+    if (!isWebSocketUpgrade(req)) {
+      serveIgnoringUpgrade(server, req, socket, head);
+      return;
+    }
+    if (ADMIN_PATHS.has(pathOnly) || pathOnly.startsWith(CONSOLE_PREFIX)) {
+      const body = '{"error":"no WebSocket on tokenmeter\'s own paths"}';
+      answerRaw(
+        socket,
+        404,
+        { 'content-type': 'application/json', 'content-length': String(body.length) },
+        body,
+      );
+      return;
+    }
+    new WsSession(ctx, req, socket, head, Date.now()).run();
+  });
   server.maxConnections = limits.maxConnections;
   server.on('connection', (s: Socket) => {
     sockets.add(s);
@@ -182,7 +237,9 @@ export function createProxyServer(opts: ProxyServerOptions): ProxyServer {
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       server.closeIdleConnections();
       await inflight.idle(graceMs);
-      // Whatever is still streaming after the grace period is cut (recorded as client_abort).
+      // Whatever is still streaming after the grace period is cut (recorded as client_abort),
+      // open WebSocket sessions included: their client sockets are in `sockets`, and a session
+      // whose client socket closes cuts its upstream and ends with its record.
       server.closeAllConnections();
       for (const s of sockets) s.destroy();
       // The cut exchanges end on their sockets' close events; their records follow shortly.

@@ -67,7 +67,7 @@ describe('audit log migrations', () => {
     makeV1File(path);
 
     const { db, migration } = openAndMigrate(path);
-    expect(migration).toEqual({ from: 1, to: 2 });
+    expect(migration).toEqual({ from: 1, to: SCHEMA_VERSION });
     db.close();
 
     const audit = openAuditLog({
@@ -129,7 +129,9 @@ describe('audit log migrations', () => {
     }
     expect(caught).toBeInstanceOf(TokenmeterError);
     expect((caught as TokenmeterError).code).toBe('DB_SCHEMA_TOO_NEW');
-    expect((caught as Error).message).toMatch(/schema version 7.*supports up to version 2/);
+    expect((caught as Error).message).toMatch(
+      new RegExp(`schema version 7.*supports up to version ${SCHEMA_VERSION}`),
+    );
     const after = new Database(path, { readonly: true });
     expect(after.prepare(`SELECT value FROM meta WHERE key = 'schema_version'`).get()).toEqual({
       value: '7',

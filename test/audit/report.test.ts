@@ -8,7 +8,7 @@ import { reportCommand, type ReportCliOptions } from '../../src/cli/report.js';
 import { SILENT_LOGGER } from '../../src/log.js';
 import type { RequestRecord } from '../../src/record.js';
 import { openAuditLog } from '../../src/sinks/audit/index.js';
-import { DAY_MS } from '../../src/sinks/audit/migrations.js';
+import { DAY_MS, SCHEMA_VERSION } from '../../src/sinks/audit/migrations.js';
 import { countUnpriced, querySpend } from '../../src/sinks/audit/queries.js';
 import { fullRecord, nullRecord, recordingHealth, tempDir, type TempDir } from './records.js';
 
@@ -336,9 +336,9 @@ describe('audit CLI commands (real child process)', () => {
     expect(left === null || left >= Date.now() - 30 * DAY_MS).toBe(true);
 
     const migrate = run(['db', 'migrate', '--db', tmp.file('fresh.db')]);
-    expect(migrate.stdout).toBe('schema version 2 (migrated from 0)\n');
+    expect(migrate.stdout).toBe(`schema version ${SCHEMA_VERSION} (migrated from 0)\n`);
     expect(run(['db', 'migrate', '--db', tmp.file('fresh.db')]).stdout).toBe(
-      'schema version 2 (up to date)\n',
+      `schema version ${SCHEMA_VERSION} (up to date)\n`,
     );
 
     const bad = run(['db', 'prune', '--older-than', 'ninety', '--db', dbPath]);

@@ -17,7 +17,7 @@ import type { MeterBeginInput } from '../../src/meter/types.js';
 import { loadPriceBook } from '../../src/pricing/index.js';
 import type { RequestRecord } from '../../src/record.js';
 import { createMetricsSink } from '../../src/sinks/metrics.js';
-import { createTraceSink } from '../../src/sinks/traces.js';
+import { createOtelSink } from '../../src/sinks/otel/index.js';
 import { parseExposition, valueOf } from '../metrics/exposition.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'tokenmeter-budget-meter-'));
@@ -39,10 +39,10 @@ function setup() {
   });
   const metrics = createMetricsSink({ maxModels: 10, maxApps: 10, apps: ['chatbot'] });
   const exporter = new InMemorySpanExporter();
-  const traces = createTraceSink({
+  const traces = createOtelSink({
     env: {},
     captureContent: false,
-    exporter,
+    traceExporter: exporter,
     log: SILENT_LOGGER,
     health: metrics,
   })!;

@@ -18,7 +18,9 @@ import type { Operation } from '../../src/record.js';
 import { SseParser } from '../../src/sse/parser.js';
 
 /** Operations whose endpoints speak JSON and carry usage (`other` reports nothing by design). */
-const METERED: Exclude<Operation, 'other'>[] = [
+/** HTTP wire APIs. `realtime` is a WebSocket session with its own tests (test/proxy/websocket*.test.ts). */
+type HttpMetered = Exclude<Operation, 'other' | 'realtime'>;
+const METERED: HttpMetered[] = [
   'chat',
   'text_completion',
   'responses',
@@ -255,7 +257,7 @@ describe('a 2xx body that is not JSON is flagged, never read as zero usage', () 
 
 describe('a stream whose events are not JSON is flagged; one bad chunk among good ones is only noted', () => {
   const htmlStream = 'data: <html><body>502 Bad Gateway</body></html>\n\ndata: </html>\n\n';
-  const goodChunk: Record<Exclude<Operation, 'other'>, string> = {
+  const goodChunk: Record<HttpMetered, string> = {
     chat: '{"choices":[{"delta":{"content":"a"}}]}',
     text_completion: '{"choices":[{"text":"a"}]}',
     responses: '{"type":"response.output_text.delta","delta":"a"}',

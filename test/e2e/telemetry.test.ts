@@ -296,14 +296,14 @@ describe('tokenmeter serve → OTLP/HTTP traces', () => {
       const text = await stream.text();
       expect(text.trimEnd().endsWith('data: [DONE]')).toBe(true);
 
-      // The failed exports show up as an internal error of the trace component, not in traffic.
-      const failures = await waitFor('tokenmeter_internal_errors_total{component="traces"}', async () => {
+      // The failed exports show up as an internal error of the OpenTelemetry component, not in traffic.
+      const failures = await waitFor('tokenmeter_internal_errors_total{component="otel"}', async () => {
         const m = await (await fetch(`${serve.base}/metrics`)).text();
-        const v = samples(m, 'tokenmeter_internal_errors_total', { component: 'traces' })[0]?.value;
+        const v = samples(m, 'tokenmeter_internal_errors_total', { component: 'otel' })[0]?.value;
         return v !== undefined && v >= 1 ? v : undefined;
       });
       expect(failures).toBeGreaterThanOrEqual(1);
-      expect(serve.stderr().match(/trace export failed/g) ?? []).toHaveLength(1);
+      expect(serve.stderr().match(/OpenTelemetry export failed/g) ?? []).toHaveLength(1);
       expect(await serve.stop()).toBe(0);
     } finally {
       await serve.stop();

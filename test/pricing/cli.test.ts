@@ -68,6 +68,26 @@ describe('tokenmeter prices check', () => {
     expect(lines).toContain(`${bad}:8:12: prices[1].input: must not be negative (got -0.68)`);
     expect(lines.at(-1)).toBe('5 problems in 2 file(s)');
   });
+
+  it('warns on ambiguous matching rules (exit 0): an alias shadowed by a model, one alias on two models', async () => {
+    const dir = tempDir();
+    const file = join(dir, 'ambiguous.yaml');
+    writeFileSync(
+      file,
+      `currency: USD
+prices:
+  - { model: gpt-4o, input: 1, output: 1, aliases: [gpt-4o-mini, latest] }
+  - { model: gpt-4o-mini, input: 1, output: 1, aliases: [latest] }
+`,
+    );
+    const r = await run('prices', 'check', file);
+    expect(r.code).toBe(0);
+    expect(r.out).toBe('ok: 1 file(s), 2 price entries, 2 warnings\n');
+    expect(r.err.trim().split('\n')).toEqual([
+      `${file}:3: prices[0].aliases[0]: warning: alias gpt-4o-mini is the model of the entry at ambiguous.yaml:4, which always wins`,
+      `${file}:4: prices[1].aliases[0]: warning: alias latest is also an alias of gpt-4o at ambiguous.yaml:3; the first wins`,
+    ]);
+  });
 });
 
 describe('tokenmeter prices list', () => {

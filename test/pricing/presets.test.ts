@@ -39,7 +39,7 @@ describe('bundled presets', () => {
     );
     expect(r.cost_nanos).toBe(11_850_000);
     expect(r.currency).toBe('USD');
-    expect(r.price_id).toBe('reference.yaml#claude-sonnet-4-5-*@always');
+    expect(r.price_id).toBe('reference.yaml#claude-sonnet-4-5@always');
   });
 
   it('reference: o3 price history switches at the 2025-06-10 price cut', () => {

@@ -1,16 +1,12 @@
-import { createServer, type IncomingMessage, type Server } from 'node:http';
+import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { SpanKind, SpanStatusCode } from '@opentelemetry/api';
 import { InMemorySpanExporter } from '@opentelemetry/sdk-trace-base';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createLogger, SILENT_LOGGER } from '../../src/log.js';
-import {
-  createTraceSink,
-  otlpTracesUrl,
-  parseOtlpHeaders,
-  tracesExportersFromEnv,
-  type TraceSink,
-} from '../../src/sinks/traces.js';
+import { createOtelSink, type OtelSink } from '../../src/sinks/otel/index.js';
+import { otelSignalsFromEnv, sdkNodeEnv, withOtelEnv } from '../../src/sinks/otel/env.js';
+import { requestLogRecord } from '../../src/sinks/otel/logs.js';
 import { NOOP_HEALTH, type HealthCounters } from '../../src/sinks/types.js';
 import { startAndRecord } from '../metrics/records.js';
 
@@ -31,12 +27,12 @@ afterEach(async () => {
   while (closers.length > 0) await closers.pop()!();
 });
 
-function memorySink(): { sink: TraceSink; exporter: InMemorySpanExporter } {
+function memorySink(): { sink: OtelSink; exporter: InMemorySpanExporter } {
   const exporter = new InMemorySpanExporter();
-  const sink = createTraceSink({
+  const sink = createOtelSink({
     env: {},
     captureContent: false,
-    exporter,
+    traceExporter: exporter,
     log: SILENT_LOGGER,
     health: NOOP_HEALTH,
   });
@@ -212,10 +208,10 @@ describe('trace sink with an in-memory exporter', () => {
   });
 
   it('OTEL_SDK_DISABLED turns tracing off even with an injected exporter', () => {
-    const sink = createTraceSink({
+    const sink = createOtelSink({
       env: { OTEL_SDK_DISABLED: 'true' },
       captureContent: false,
-      exporter: new InMemorySpanExporter(),
+      traceExporter: new InMemorySpanExporter(),
       log: SILENT_LOGGER,
       health: NOOP_HEALTH,
     });
@@ -226,7 +222,7 @@ describe('trace sink with an in-memory exporter', () => {
 describe('trace sink configuration from OTEL_* env', () => {
   it('is off unless an OTLP endpoint or exporter is configured, and off when the SDK is disabled', () => {
     const make = (env: NodeJS.ProcessEnv) =>
-      createTraceSink({ env, captureContent: false, log: SILENT_LOGGER, health: NOOP_HEALTH });
+      createOtelSink({ env, captureContent: false, log: SILENT_LOGGER, health: NOOP_HEALTH });
     expect(make({})).toBeUndefined();
     expect(
       make({ OTEL_TRACES_EXPORTER: 'none', OTEL_EXPORTER_OTLP_ENDPOINT: 'http://127.0.0.1:1' }),
@@ -239,111 +235,64 @@ describe('trace sink configuration from OTEL_* env', () => {
     closers.push(() => on!.close());
   });
 
-  it('derives exporters, URL and headers per the OTel exporter spec', () => {
-    expect(tracesExportersFromEnv({ OTEL_TRACES_EXPORTER: 'otlp,console' })).toEqual(['otlp', 'console']);
-    expect(tracesExportersFromEnv({ OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: 'http://x/t' })).toEqual(['otlp']);
-    expect(tracesExportersFromEnv({})).toEqual([]);
-    expect(otlpTracesUrl({ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://127.0.0.1:4318/' })).toBe(
-      'http://127.0.0.1:4318/v1/traces',
-    );
-    expect(
-      otlpTracesUrl({
-        OTEL_EXPORTER_OTLP_ENDPOINT: 'http://a:4318',
-        OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: 'http://b:9999/custom',
-      }),
-    ).toBe('http://b:9999/custom');
-    expect(parseOtlpHeaders('api-key=a%20b, x-tenant=t1,broken')).toEqual({
-      'api-key': 'a b',
-      'x-tenant': 't1',
+  it('turns each signal on only when asked: traces by endpoint or exporter, metrics and logs by their exporter', () => {
+    expect(otelSignalsFromEnv({})).toEqual({ traces: false, metrics: false, logs: false });
+    expect(otelSignalsFromEnv({ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://c:4318' })).toEqual({
+      traces: true,
+      metrics: false,
+      logs: false,
     });
+    expect(otelSignalsFromEnv({ OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: 'http://c:4318/v1/traces' }).traces).toBe(
+      true,
+    );
+    expect(otelSignalsFromEnv({ OTEL_TRACES_EXPORTER: 'console' }).traces).toBe(true);
+    expect(
+      otelSignalsFromEnv({ OTEL_TRACES_EXPORTER: 'none', OTEL_EXPORTER_OTLP_ENDPOINT: 'http://c' }).traces,
+    ).toBe(false);
+    expect(otelSignalsFromEnv({ OTEL_METRICS_EXPORTER: 'otlp', OTEL_LOGS_EXPORTER: ' otlp ' })).toEqual({
+      traces: false,
+      metrics: true,
+      logs: true,
+    });
+    expect(otelSignalsFromEnv({ OTEL_METRICS_EXPORTER: 'none', OTEL_LOGS_EXPORTER: '' })).toEqual({
+      traces: false,
+      metrics: false,
+      logs: false,
+    });
+    expect(otelSignalsFromEnv({ OTEL_SDK_DISABLED: 'TRUE', OTEL_METRICS_EXPORTER: 'otlp' }, true)).toEqual({
+      traces: false,
+      metrics: false,
+      logs: false,
+    });
+    expect(otelSignalsFromEnv({}, true).traces).toBe(true);
+  });
+
+  it('hands sdk-node only OTEL_* variables, with signals left off set to none, and restores process.env', () => {
+    const vars = sdkNodeEnv(
+      { OTEL_EXPORTER_OTLP_ENDPOINT: 'http://c', OTEL_LOG_LEVEL: 'debug', PATH: '/bin' },
+      { traces: true, metrics: false, logs: false },
+    );
+    expect(vars).toEqual({
+      OTEL_EXPORTER_OTLP_ENDPOINT: 'http://c',
+      OTEL_METRICS_EXPORTER: 'none',
+      OTEL_LOGS_EXPORTER: 'none',
+    });
+    process.env.OTEL_SERVICE_NAME = 'outer';
+    try {
+      const seen = withOtelEnv({ OTEL_TRACES_EXPORTER: 'none' }, () => ({
+        service: process.env.OTEL_SERVICE_NAME,
+        exporter: process.env.OTEL_TRACES_EXPORTER,
+      }));
+      expect(seen).toEqual({ service: undefined, exporter: 'none' });
+      expect(process.env.OTEL_SERVICE_NAME).toBe('outer');
+      expect(process.env).not.toHaveProperty('OTEL_TRACES_EXPORTER');
+    } finally {
+      delete process.env.OTEL_SERVICE_NAME;
+    }
   });
 });
 
-interface Received {
-  path: string;
-  contentType: string | undefined;
-  headers: IncomingMessage['headers'];
-  body: string;
-}
-
-async function otlpReceiver(): Promise<{ url: string; received: Received[]; server: Server }> {
-  const received: Received[] = [];
-  const server = createServer((req, res) => {
-    const chunks: Buffer[] = [];
-    req.on('data', (c: Buffer) => chunks.push(c));
-    req.on('end', () => {
-      received.push({
-        path: req.url ?? '',
-        contentType: req.headers['content-type'],
-        headers: req.headers,
-        body: Buffer.concat(chunks).toString('utf8'),
-      });
-      res.writeHead(200, { 'content-type': 'application/json' });
-      res.end('{}');
-    });
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  closers.push(() => new Promise<void>((resolve) => server.close(() => resolve())));
-  const { port } = server.address() as AddressInfo;
-  return { url: `http://127.0.0.1:${port}`, received, server };
-}
-
-interface OtlpJsonSpan {
-  traceId: string;
-  spanId: string;
-  parentSpanId?: string;
-  name: string;
-  kind: number;
-  attributes: Array<{ key: string; value: Record<string, unknown> }>;
-}
-
-describe('trace sink exporting over real OTLP/HTTP', () => {
-  it('delivers the span to an OTLP/HTTP receiver on 127.0.0.1', async () => {
-    const { url, received } = await otlpReceiver();
-    const health = countingHealth();
-    const sink = createTraceSink({
-      env: {
-        OTEL_EXPORTER_OTLP_ENDPOINT: url,
-        OTEL_EXPORTER_OTLP_HEADERS: 'x-collector-tenant=team-a',
-        OTEL_SERVICE_NAME: 'tokenmeter-test',
-      },
-      captureContent: false,
-      log: SILENT_LOGGER,
-      health,
-    })!;
-    const { start, record } = startAndRecord({ headers: INCOMING }, {});
-    const handle = sink.begin(start);
-    handle.end(record);
-    await sink.close(); // close flushes
-
-    expect(received).toHaveLength(1);
-    const req = received[0]!;
-    expect(req.path).toBe('/v1/traces');
-    expect(req.contentType).toMatch(/application\/json/);
-    expect(req.headers['x-collector-tenant']).toBe('team-a');
-    const payload = JSON.parse(req.body) as {
-      resourceSpans: Array<{
-        resource: { attributes: Array<{ key: string; value: { stringValue?: string } }> };
-        scopeSpans: Array<{ spans: OtlpJsonSpan[] }>;
-      }>;
-    };
-    const rs = payload.resourceSpans[0]!;
-    expect(rs.resource.attributes.find((a) => a.key === 'service.name')?.value.stringValue).toBe(
-      'tokenmeter-test',
-    );
-    const span = rs.scopeSpans[0]!.spans[0]!;
-    expect(span.name).toBe('chat deepseek-chat');
-    expect(span.kind).toBe(3); // SPAN_KIND_CLIENT in OTLP
-    expect(span.traceId).toBe(PARENT_TRACE);
-    expect(span.parentSpanId).toBe(PARENT_SPAN);
-    expect(handle.upstreamHeaders?.traceparent).toBe(`00-${PARENT_TRACE}-${span.spanId}-01`);
-    const attr = (k: string) => span.attributes.find((a) => a.key === k)?.value;
-    expect(attr('gen_ai.request.model')).toEqual({ stringValue: 'deepseek-chat' });
-    expect(attr('gen_ai.usage.output_tokens')).toEqual({ intValue: 500 });
-    expect(attr('tokenmeter.currency')).toEqual({ stringValue: 'CNY' });
-    expect(health.errors).toEqual([]);
-  });
-
+describe('OpenTelemetry sink failures and the other signals', () => {
   it('an exporter pointed at a closed port never throws into traffic; the failure is counted and logged once', async () => {
     // A port that was just free: listen, note it, close.
     const probe = createServer();
@@ -353,7 +302,7 @@ describe('trace sink exporting over real OTLP/HTTP', () => {
 
     const health = countingHealth();
     const lines: string[] = [];
-    const sink = createTraceSink({
+    const sink = createOtelSink({
       env: {
         OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${port}`,
         OTEL_EXPORTER_OTLP_TIMEOUT: '2000',
@@ -363,7 +312,7 @@ describe('trace sink exporting over real OTLP/HTTP', () => {
       health,
       closeTimeoutMs: 5000,
     })!;
-    // begin/write are synchronous and return before any export is attempted.
+    // begin/end are synchronous and return before any export is attempted.
     for (let i = 0; i < 20; i++) {
       const { start, record } = startAndRecord({ headers: INCOMING }, {});
       const handle = sink.begin(start);
@@ -377,7 +326,41 @@ describe('trace sink exporting over real OTLP/HTTP', () => {
     await expect(sink.close()).resolves.toBeUndefined();
 
     expect(health.errors.length).toBeGreaterThanOrEqual(1);
-    expect(new Set(health.errors)).toEqual(new Set(['traces']));
-    expect(lines.filter((l) => l.includes('trace export failed'))).toHaveLength(1);
+    expect(new Set(health.errors)).toEqual(new Set(['otel']));
+    expect(lines.filter((l) => l.includes('OpenTelemetry export failed'))).toHaveLength(1);
+  });
+
+  it('with traces off (metrics or logs only), begin() adds no header and no trace id', async () => {
+    const sink = createOtelSink({
+      env: { OTEL_METRICS_EXPORTER: 'console', OTEL_METRIC_EXPORT_INTERVAL: '60000' },
+      captureContent: false,
+      log: SILENT_LOGGER,
+      health: NOOP_HEALTH,
+    })!;
+    closers.push(() => sink.close());
+    expect(sink.signals).toEqual({ traces: false, metrics: true, logs: false });
+    const { start, record } = startAndRecord({ headers: INCOMING }, {});
+    const handle = sink.begin(start);
+    expect(handle.upstreamHeaders).toBeUndefined();
+    expect(handle.traceId).toBeUndefined();
+    expect(() => handle.end(record)).not.toThrow();
+  });
+
+  it('a log record carries every known record field under its audit-column name, nulls left out', () => {
+    const { record } = startAndRecord({}, { user: 'user-42', error_type: null });
+    const log = requestLogRecord(record, undefined);
+    const expected = Object.fromEntries(Object.entries(record).filter(([, v]) => v !== null));
+    expect(log.attributes).toEqual(expected);
+    expect(log.attributes).not.toHaveProperty('cache_write_tokens'); // null in the record: unknown
+    expect(log).toMatchObject({
+      eventName: 'tokenmeter.request',
+      severityNumber: 9,
+      severityText: 'INFO',
+      timestamp: record.ts_end,
+      body: 'chat deepseek-chat 200 1.5 s, 400 in + 500 out tokens, 0.0011826 CNY',
+    });
+    const failed = requestLogRecord({ ...record, http_status: null, error_type: 'network' }, undefined);
+    expect(failed).toMatchObject({ severityNumber: 13, severityText: 'WARN' });
+    expect(failed.body).toMatch(/^chat deepseek-chat network /);
   });
 });

@@ -55,6 +55,8 @@ export const REQUEST_COLUMNS = {
   response_bytes: { kind: 'integer', since: 2 },
   upstream_request_id: { kind: 'text', since: 2 },
   note: { kind: 'text', since: 2 },
+  price_match: { kind: 'text', since: 3 },
+  audio_tokens: { kind: 'integer', since: 3 },
 } as const satisfies Record<keyof RequestRecord, { kind: ColumnKind; since: number }>;
 
 export type RequestColumn = keyof typeof REQUEST_COLUMNS;
@@ -126,9 +128,55 @@ const MIGRATION_2 = [
   'CREATE INDEX bodies_ts ON bodies (ts);',
 ].join('\n');
 
+/**
+ * Migration 3 (issues 12, 13): how the price entry matched (`price_match`), the audio part of a
+ * Realtime session's tokens (`audio_tokens`, priced apart from text), and the repricing audit
+ * trail `tokenmeter reprice` writes: one `repricings` row per run that changed something, and per
+ * changed request its cost fields before and after (src/cli/reprice.ts, docs/pricing.md).
+ */
+const MIGRATION_3 = [
+  ...REQUEST_COLUMN_NAMES.filter((c) => REQUEST_COLUMNS[c].since === 3).map(
+    (c) => `ALTER TABLE requests ADD COLUMN ${quoteIdent(c)} ${sqlType(REQUEST_COLUMNS[c].kind)};`,
+  ),
+  `CREATE TABLE repricings (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts INTEGER NOT NULL,
+    since_ms INTEGER NOT NULL,
+    until_ms INTEGER NOT NULL,
+    tables TEXT NOT NULL,
+    rows_examined INTEGER NOT NULL,
+    rows_changed INTEGER NOT NULL
+  );`,
+  `CREATE TABLE repricing_history (
+    repricing_id INTEGER NOT NULL REFERENCES repricings (id),
+    request_id TEXT NOT NULL,
+    ts_start INTEGER NOT NULL,
+    old_cost_nanos INTEGER,
+    old_currency TEXT,
+    old_cost_source TEXT,
+    old_price_id TEXT,
+    old_price_match TEXT,
+    old_multiplier TEXT,
+    new_cost_nanos INTEGER,
+    new_currency TEXT,
+    new_cost_source TEXT,
+    new_price_id TEXT,
+    new_price_match TEXT,
+    new_multiplier TEXT,
+    PRIMARY KEY (repricing_id, request_id)
+  );`,
+  'CREATE INDEX repricing_history_request ON repricing_history (request_id);',
+  'CREATE INDEX repricing_history_ts_start ON repricing_history (ts_start);',
+].join('\n');
+
 export const MIGRATIONS: readonly Migration[] = [
   { version: 1, description: 'requests (v1 columns) and meta', sql: MIGRATION_1 },
   { version: 2, description: 'full request record, indexes, bodies', sql: MIGRATION_2 },
+  {
+    version: 3,
+    description: 'price_match, audio_tokens, repricings and repricing_history',
+    sql: MIGRATION_3,
+  },
 ];
 
 /** The schema version this code writes and understands. */
@@ -250,6 +298,8 @@ export function pruneBefore(db: Database.Database, cutoffMs: number): number {
   const run = db.transaction((): number => {
     const deleted = db.prepare('DELETE FROM requests WHERE ts_start < ?').run(cutoffMs).changes;
     db.prepare('DELETE FROM bodies WHERE ts < ?').run(cutoffMs);
+    // A pruned request's repricing history goes with it; the `repricings` runs themselves stay.
+    db.prepare('DELETE FROM repricing_history WHERE ts_start < ?').run(cutoffMs);
     return deleted;
   });
   return run.immediate();

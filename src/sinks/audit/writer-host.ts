@@ -215,13 +215,21 @@ export class WriterThread implements WriterBackend {
  * before importing the entry.
  */
 function threadEntry(script?: URL): { filename: string | URL; options: WorkerOptions } {
+  if (script) return { filename: script, options: { execArgv: [] } };
+  return workerEntry(new URL('./writer-thread.js', import.meta.url));
+}
+
+/**
+ * How to start the worker whose compiled entry is `js` (a `.js` URL; its `.ts` twin beside it is
+ * used from the sources): the file itself from dist/, else an eval'd entry that registers tsx
+ * first (see `threadEntry`). Shared with the console's reader thread (src/console/reader.ts).
+ */
+export function workerEntry(js: URL): { filename: string | URL; options: WorkerOptions } {
   // No flags from the process: a worker refuses V8 and process-wide ones (`--expose-gc`) and
-  // `node -e`'s `--input-type`, and the writer needs none (tsx is registered below when needed).
+  // `node -e`'s `--input-type`, and the threads need none (tsx is registered below when needed).
   const execArgv: string[] = [];
-  if (script) return { filename: script, options: { execArgv } };
-  const js = new URL('./writer-thread.js', import.meta.url);
   if (existsSync(fileURLToPath(js))) return { filename: js, options: { execArgv } };
-  const ts = new URL('./writer-thread.ts', import.meta.url).href;
+  const ts = new URL(js.href.replace(/\.js$/, '.ts')).href;
   const tsxRoot = dirname(createRequire(import.meta.url).resolve('tsx/package.json'));
   const api = pathToFileURL(join(tsxRoot, 'dist/esm/api/index.mjs')).href;
   const code = `import(${JSON.stringify(api)}).then((m) => { m.register(); return import(${JSON.stringify(ts)}); });`;

@@ -1,0 +1,70 @@
+/**
+ * OTel's diagnostics into tokenmeter's JSON log. The SDK reports every background failure (a
+ * failed span, metric or log export, whatever the protocol) through its global error handler,
+ * which writes to `diag.error`; that is the one place all three signals' failures meet, so each
+ * `diag.error` is counted as an OpenTelemetry failure and the first one is logged.
+ *
+ * OTEL_LOG_LEVEL (none, error, warn, info, debug, verbose, all; default warn) sets how much of the
+ * rest is logged; counting does not depend on it.
+ */
+import { DiagLogLevel, diag, type DiagLogger } from '@opentelemetry/api';
+import { diagLogLevelFromString } from '@opentelemetry/core';
+import type { Logger } from '../../log.js';
+
+const MAX_MESSAGE = 300;
+
+function text(args: unknown[]): string {
+  return args
+    .map((a) => {
+      if (typeof a === 'string') return a;
+      try {
+        return JSON.stringify(a) ?? String(a);
+      } catch {
+        return String(a);
+      }
+    })
+    .join(' ')
+    .slice(0, MAX_MESSAGE);
+}
+
+/**
+ * Installs the diag logger; returns the failure reporter it uses, for failures that come back as a
+ * rejected promise instead (forceFlush, shutdown).
+ */
+export function installDiagLogger(opts: {
+  env: NodeJS.ProcessEnv;
+  log: Logger;
+  onError: () => void;
+}): (...args: unknown[]) => void {
+  const level = diagLogLevelFromString(opts.env.OTEL_LOG_LEVEL) ?? DiagLogLevel.WARN;
+  const { log } = opts;
+  const failed = (...args: unknown[]): void => {
+    opts.onError();
+    if (level >= DiagLogLevel.ERROR) {
+      log.once('otel:error', 'warn', 'OpenTelemetry export failed (or SDK error); traffic is unaffected', {
+        error: text(args),
+      });
+    }
+  };
+  const logger: DiagLogger = {
+    error: failed,
+    warn: (...args: unknown[]) => {
+      const message = text(args);
+      // Our own `OTEL_*_EXPORTER=none` for signals left off (env.ts) is not worth a warning.
+      if (level < DiagLogLevel.WARN || message.includes('contains "none"')) return;
+      log.once(`otel:warn:${message.slice(0, 80)}`, 'warn', 'OpenTelemetry SDK warning', { message });
+    },
+    info: (...args: unknown[]) => {
+      if (level >= DiagLogLevel.INFO) log.info('OpenTelemetry SDK', { message: text(args) });
+    },
+    debug: (...args: unknown[]) => {
+      if (level >= DiagLogLevel.DEBUG) log.debug('OpenTelemetry SDK', { message: text(args) });
+    },
+    verbose: (...args: unknown[]) => {
+      if (level >= DiagLogLevel.VERBOSE) log.debug('OpenTelemetry SDK', { message: text(args) });
+    },
+  };
+  // Errors always pass the API's filter (they are counted); the rest is filtered above.
+  diag.setLogger(logger, { logLevel: Math.max(level, DiagLogLevel.ERROR), suppressOverrideMessage: true });
+  return failed;
+}
