@@ -66,6 +66,10 @@ describe('otel/collector.yaml', () => {
   });
 
   const otelcol = findBinary('otelcol-contrib');
+  // Optional even in CI: the contrib collector is neither a Debian nor an npm package, so CI cannot
+  // install it; the structural checks above run everywhere.
+  if (otelcol === null)
+    console.warn('[test/ops] skipping `otelcol-contrib validate`: no otelcol-contrib binary on PATH');
   it.skipIf(otelcol === null)('passes `otelcol-contrib validate`', () => {
     const r = run(otelcol!, ['validate', `--config=${CONFIG_PATH}`]);
     expect(r.status, r.output).toBe(0);
