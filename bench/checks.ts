@@ -7,7 +7,7 @@
 import { spawn } from 'node:child_process';
 import http from 'node:http';
 import { fileURLToPath } from 'node:url';
-import Database from 'better-sqlite3';
+import { openSqlite } from '../src/sinks/audit/sqlite.js';
 import { METRIC } from '../src/semconv.js';
 import type { Target } from './phases.js';
 import { round, type Table } from './report.js';
@@ -59,7 +59,7 @@ export async function selfReportedOverhead(
 export function auditRows(table: Table, t: Target, dbPath: string): Record<string, number> | string {
   let rows: number;
   try {
-    const db = new Database(dbPath, { readonly: true, fileMustExist: true });
+    const db = openSqlite(dbPath, { readonly: true, fileMustExist: true });
     rows = (db.prepare('SELECT count(*) AS n FROM requests').get() as { n: number }).n;
     db.close();
   } catch (err) {

@@ -1,4 +1,4 @@
-import Database from 'better-sqlite3';
+import { openSqlite } from '../src/sinks/audit/sqlite.js';
 import { afterAll, describe, expect, it } from 'vitest';
 import { globToRegExp, isGlob } from '../src/glob.js';
 
@@ -29,7 +29,7 @@ describe('globToRegExp (SQLite GLOB semantics)', () => {
   });
 
   describe('agrees with SQLite GLOB', () => {
-    const db = new Database(':memory:');
+    const db = openSqlite(':memory:');
     afterAll(() => db.close());
     const stmt = db.prepare('SELECT ? GLOB ? AS m');
     const patterns = [

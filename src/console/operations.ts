@@ -6,7 +6,8 @@
  * (null instead). `JSON.stringify` throws on a BigInt, so a query that forgot to convert one fails
  * loudly instead of losing precision.
  */
-import Database from 'better-sqlite3';
+import type Database from 'better-sqlite3';
+import { openSqlite } from '../sinks/audit/sqlite.js';
 import { buildReport, reportToJson, type ReportOptions } from '../cli/report.js';
 import { trackFile } from '../sinks/audit/connection.js';
 import {
@@ -95,7 +96,7 @@ export class ReadOnlyAudit {
   db(): Database.Database {
     if (this.conn?.detached()) this.close();
     if (!this.conn) {
-      const db = new Database(this.path, { readonly: true, fileMustExist: true });
+      const db = openSqlite(this.path, { readonly: true, fileMustExist: true });
       try {
         db.pragma(`busy_timeout = ${this.busyTimeoutMs}`);
       } catch (err) {

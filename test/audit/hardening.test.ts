@@ -6,6 +6,7 @@
 import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, renameSync, rmSync, unlinkSync } from 'node:fs';
 import Database from 'better-sqlite3';
+import { openSqlite } from '../../src/sinks/audit/sqlite.js';
 import { beforeEach, describe, expect, it, vi } from 'vitest';
 import { openExistingDatabase } from '../../src/cli/db.js';
 import { auditTestHooks, recordToRow, rowValue } from '../../src/sinks/audit/index.js';
@@ -22,7 +23,7 @@ beforeEach(() => {
 });
 
 function withReader<T>(path: string, fn: (db: Database.Database) => T): T {
-  const db = new Database(path, { readonly: true });
+  const db = openSqlite(path, { readonly: true });
   try {
     return fn(db);
   } finally {
@@ -93,7 +94,7 @@ describe.each(['thread', 'main'] as const)('audit DB deleted while serving (%s w
     await audit.flush();
     // A different (empty) DB moved over the path, e.g. a restore.
     const other = tmp.file('other.db');
-    new Database(other).close();
+    openSqlite(other).close();
     renameSync(other, path);
     const r = fullRecord();
     audit.write(r);
@@ -167,7 +168,7 @@ describe.each(['thread', 'main'] as const)('audit healthy() for /readyz (%s writ
 
   it('tolerates a lock for a moment, is false when it lasts, true once written', async () => {
     const audit = openLog({ minBackoffMs: 1, maxBackoffMs: 5, unhealthyAfterLockedMs: 100 });
-    const locker = new Database(tmp.file('audit.db'));
+    const locker = openSqlite(tmp.file('audit.db'));
     locker.exec('BEGIN EXCLUSIVE');
     try {
       audit.write(fullRecord());

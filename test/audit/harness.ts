@@ -2,7 +2,7 @@
  * Shared setup of the audit-log test files (kept apart from records.ts, which child processes
  * import outside the test runner).
  */
-import Database from 'better-sqlite3';
+import { openSqlite } from '../../src/sinks/audit/sqlite.js';
 import { afterEach, beforeEach } from 'vitest';
 import { createLogger, SILENT_LOGGER } from '../../src/log.js';
 import { openAuditLog, type AuditLogOptions, type AuditSink } from '../../src/sinks/audit/index.js';
@@ -55,7 +55,7 @@ export function useAuditLogs(defaults: () => Partial<AuditLogOptions> = () => ({
 
 /** The ids stored in the audit DB at `path`, sorted, read through a separate read-only connection. */
 export function storedIdsAt(path: string): string[] {
-  const db = new Database(path, { readonly: true });
+  const db = openSqlite(path, { readonly: true });
   try {
     return (db.prepare('SELECT id FROM requests ORDER BY id').all() as { id: string }[]).map((r) => r.id);
   } finally {

@@ -1,4 +1,4 @@
-import Database from 'better-sqlite3';
+import { openSqlite } from '../../src/sinks/audit/sqlite.js';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { TokenmeterError } from '../../src/errors.js';
 import { SILENT_LOGGER } from '../../src/log.js';
@@ -32,7 +32,7 @@ beforeEach(() => {
 afterEach(() => tmp.cleanup());
 
 function makeV1File(path: string): void {
-  const db = new Database(path);
+  const db = openSqlite(path);
   db.pragma('journal_mode = WAL');
   db.exec(V1_SCHEMA);
   db.close();
@@ -87,7 +87,7 @@ describe('audit log migrations', () => {
     audit.write(fresh);
     await audit.close();
 
-    const check = new Database(path, { readonly: true });
+    const check = openSqlite(path, { readonly: true });
     const rows = check.prepare('SELECT * FROM requests ORDER BY id').all() as Record<string, unknown>[];
     check.close();
     expect(rows).toHaveLength(2);
@@ -117,7 +117,7 @@ describe('audit log migrations', () => {
   it('refuses a DB from a newer tokenmeter, naming both versions, and leaves it untouched', () => {
     const path = tmp.file('future.db');
     openDatabase(path).close();
-    const raw = new Database(path);
+    const raw = openSqlite(path);
     raw.prepare(`UPDATE meta SET value = '7' WHERE key = 'schema_version'`).run();
     raw.close();
 
@@ -132,7 +132,7 @@ describe('audit log migrations', () => {
     expect((caught as Error).message).toMatch(
       new RegExp(`schema version 7.*supports up to version ${SCHEMA_VERSION}`),
     );
-    const after = new Database(path, { readonly: true });
+    const after = openSqlite(path, { readonly: true });
     expect(after.prepare(`SELECT value FROM meta WHERE key = 'schema_version'`).get()).toEqual({
       value: '7',
     });

@@ -1,7 +1,7 @@
 import { spawnSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import Database from 'better-sqlite3';
+import { openSqlite } from '../../src/sinks/audit/sqlite.js';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { keyFingerprint } from '../../src/attribution.js';
 import { reportCommand, type ReportCliOptions } from '../../src/cli/report.js';
@@ -90,7 +90,7 @@ afterEach(() => tmp.cleanup());
 
 describe('querySpend (budgets)', () => {
   it('sums priced spend per currency exactly as BigInt, excluding unpriced rows but counting them', () => {
-    const db = new Database(dbPath, { readonly: true });
+    const db = openSqlite(dbPath, { readonly: true });
     const win = { fromMs: NOW - 7 * DAY_MS, toMs: NOW };
     expect(querySpend(db, win)).toEqual([
       { currency: 'CNY', cost_nanos: 2_628_680n },
@@ -318,7 +318,7 @@ describe('audit CLI commands (real child process)', () => {
   });
 
   it('db prune deletes old rows and prints the count; db migrate prints the version', () => {
-    const before = new Database(dbPath, { readonly: true });
+    const before = openSqlite(dbPath, { readonly: true });
     const count = (sql: string): number =>
       (before.prepare(sql).get(Date.now() - 30 * DAY_MS) as { n: number }).n;
     const expectedPruned = count('SELECT COUNT(*) AS n FROM requests WHERE ts_start < ?');
@@ -329,7 +329,7 @@ describe('audit CLI commands (real child process)', () => {
     const prune = run(['db', 'prune', '--older-than', '30d', '--db', dbPath]);
     expect(prune.status).toBe(0);
     expect(prune.stdout).toMatch(new RegExp(`^pruned ${expectedPruned} rows older than 30d`));
-    const check = new Database(dbPath, { readonly: true });
+    const check = openSqlite(dbPath, { readonly: true });
     expect(check.prepare('SELECT COUNT(*) AS n FROM requests').get()).toEqual({ n: expectedLeft });
     const left = (check.prepare('SELECT MIN(ts_start) AS t FROM requests').get() as { t: number | null }).t;
     check.close();
@@ -352,7 +352,7 @@ describe('audit CLI commands (real child process)', () => {
     expect(first.status).toBe(0);
     expect(first.stdout).toMatch(/^[0-9a-f]{12}\n$/);
     expect(first.stdout + first.stderr).not.toContain(key);
-    const db = new Database(fresh, { readonly: true });
+    const db = openSqlite(fresh, { readonly: true });
     const secret = (db.prepare(`SELECT value FROM meta WHERE key = 'key_secret'`).get() as { value: string })
       .value;
     db.close();

@@ -5,7 +5,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
-import Database from 'better-sqlite3';
+import { openSqlite } from '../../src/sinks/audit/sqlite.js';
 import { beforeEach, describe, expect, it, vi } from 'vitest';
 import { AuditWriter } from '../../src/sinks/audit/audit-writer.js';
 import { openWriterConnection } from '../../src/sinks/audit/connection.js';
@@ -41,7 +41,7 @@ describe('where the audit log writes', () => {
     const inline = openLog({ path: tmp.file('inline.db'), writer: 'main' });
     await threaded.flush(); // the thread is up
     const lockers = [tmp.file('audit.db'), tmp.file('inline.db')].map((p) => {
-      const db = new Database(p);
+      const db = openSqlite(p);
       db.exec('BEGIN EXCLUSIVE');
       return db;
     });
@@ -96,7 +96,7 @@ describe('one batch in flight; it leaves the queue only when committed', () => {
     const health = recordingHealth();
     const audit = openLog({ queueSize: 5, batchSize: 5, health, minBackoffMs: 1, maxBackoffMs: 5 });
     await audit.flush();
-    const locker = new Database(tmp.file('audit.db'));
+    const locker = openSqlite(tmp.file('audit.db'));
     locker.exec('BEGIN EXCLUSIVE');
     const first = Array.from({ length: 5 }, () => fullRecord());
     for (const r of first) audit.write(r);
@@ -185,7 +185,7 @@ describe('a writer thread that dies', () => {
       ),
     ).toHaveLength(1);
     await audit.close();
-    const db = new Database(tmp.file('audit.db'), { readonly: true });
+    const db = openSqlite(tmp.file('audit.db'), { readonly: true });
     expect(db.prepare(`SELECT value FROM meta WHERE key = 'serve_running'`).get()).toBeUndefined();
     db.close();
     expect(health.dropped).toBe(0);
@@ -221,7 +221,7 @@ describe('close() with the writer thread', () => {
     expect(health.depth.at(-1)).toBe(0);
     audit.write(fullRecord());
     expect(health.dropped).toBe(1);
-    const db = new Database(tmp.file('audit.db'), { readonly: true });
+    const db = openSqlite(tmp.file('audit.db'), { readonly: true });
     expect(db.prepare(`SELECT value FROM meta WHERE key = 'serve_running'`).get()).toBeUndefined();
     db.close();
   });

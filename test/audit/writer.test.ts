@@ -1,4 +1,5 @@
 import Database from 'better-sqlite3';
+import { openSqlite } from '../../src/sinks/audit/sqlite.js';
 import { beforeEach, describe, expect, it, vi } from 'vitest';
 import type { RequestRecord } from '../../src/record.js';
 import { auditTestHooks, rowToRecord } from '../../src/sinks/audit/index.js';
@@ -17,7 +18,7 @@ beforeEach(() => {
 
 /** A second, independent connection: what another process (report, budgets at start) would see. */
 function reader(): Database.Database {
-  return new Database(tmp.file('audit.db'), { readonly: true });
+  return openSqlite(tmp.file('audit.db'), { readonly: true });
 }
 
 const storedIds = (): string[] => storedIdsAt(tmp.file('audit.db'));
@@ -110,7 +111,7 @@ describe.each(['thread', 'main'] as const)('audit log writer (%s)', (mode) => {
       minBackoffMs: 5,
       maxBackoffMs: 20,
     });
-    const locker = new Database(tmp.file('audit.db'));
+    const locker = openSqlite(tmp.file('audit.db'));
     locker.exec('BEGIN EXCLUSIVE');
     const records = Array.from({ length: 50 }, () => fullRecord());
     for (const r of records) expect(() => audit.write(r)).not.toThrow();
@@ -183,7 +184,7 @@ describe.each(['thread', 'main'] as const)('audit log writer (%s)', (mode) => {
   it('close() is bounded when the DB stays locked, and counts what it could not write', async () => {
     const health = recordingHealth();
     const audit = openLog({ health, closeTimeoutMs: 200, minBackoffMs: 5, maxBackoffMs: 20 });
-    const locker = new Database(tmp.file('audit.db'));
+    const locker = openSqlite(tmp.file('audit.db'));
     locker.exec('BEGIN EXCLUSIVE');
     for (let i = 0; i < 4; i++) audit.write(fullRecord());
     await audit.close();

@@ -9,7 +9,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Anthropic from '@anthropic-ai/sdk';
-import Database from 'better-sqlite3';
+import { openSqlite } from '../../src/sinks/audit/sqlite.js';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { expectedUsage, startFakeGateway, type FakeGateway } from '../fake-gateway/index.js';
@@ -111,7 +111,7 @@ async function gauge(s: ServeProcess, name: string, budget: string): Promise<num
 function dbSpendNanos(app: string): bigint {
   const dayStart = new Date();
   dayStart.setUTCHours(0, 0, 0, 0);
-  const sqlite = new Database(dbFile, { readonly: true });
+  const sqlite = openSqlite(dbFile, { readonly: true });
   try {
     const rows = sqlite
       .prepare('SELECT cost_nanos FROM requests WHERE app = ? AND ts_start >= ? AND cost_nanos IS NOT NULL')
@@ -123,7 +123,7 @@ function dbSpendNanos(app: string): bigint {
 }
 
 function rowCount(app: string): number {
-  const sqlite = new Database(dbFile, { readonly: true });
+  const sqlite = openSqlite(dbFile, { readonly: true });
   try {
     return (sqlite.prepare('SELECT COUNT(*) AS n FROM requests WHERE app = ?').get(app) as { n: number }).n;
   } finally {

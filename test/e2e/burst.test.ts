@@ -9,7 +9,7 @@
 import Anthropic from '@anthropic-ai/sdk';
 import OpenAI from 'openai';
 import { join } from 'node:path';
-import Database from 'better-sqlite3';
+import { openSqlite } from '../../src/sinks/audit/sqlite.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { expectedUsage, type FakeGateway, type Flavor } from '../fake-gateway/index.js';
 import {
@@ -568,7 +568,7 @@ describe('burst of mixed traffic through tokenmeter serve', () => {
     await ask('before the lock');
     await waitForRows(lockedDb, 1);
 
-    const locker = new Database(lockedDb);
+    const locker = openSqlite(lockedDb);
     locker.exec('BEGIN EXCLUSIVE');
     const WHILE_LOCKED = 10;
     try {

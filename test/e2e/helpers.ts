@@ -11,7 +11,7 @@ import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import Database from 'better-sqlite3';
+import { openSqlite } from '../../src/sinks/audit/sqlite.js';
 import type { RequestRecord } from '../../src/record.js';
 import { startFakeGateway, type FakeGateway } from '../fake-gateway/index.js';
 
@@ -181,7 +181,7 @@ export function writeFile(dir: string, name: string, text: string): string {
 /** All rows of `requests`, oldest first, from a read-only connection. */
 export function readRows(dbPath: string): Row[] {
   if (!existsSync(dbPath)) return [];
-  const db = new Database(dbPath, { readonly: true, fileMustExist: true });
+  const db = openSqlite(dbPath, { readonly: true, fileMustExist: true });
   try {
     return db.prepare('SELECT * FROM requests ORDER BY ts_start, id').all() as Row[];
   } finally {

@@ -6,7 +6,7 @@
  * keeps the originals in repricing_history, a second run changes nothing.
  */
 import Anthropic from '@anthropic-ai/sdk';
-import Database from 'better-sqlite3';
+import { openSqlite } from '../../src/sinks/audit/sqlite.js';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { FakeGateway } from '../fake-gateway/index.js';
@@ -145,7 +145,7 @@ describe('aliases and tiers through tokenmeter serve', () => {
 
 describe('tokenmeter reprice against the DB serve is writing', () => {
   const costs = () => {
-    const db = new Database(dbPath, { readonly: true });
+    const db = openSqlite(dbPath, { readonly: true });
     try {
       return db.prepare('SELECT id, cost_nanos, price_id FROM requests ORDER BY id').all();
     } finally {
@@ -176,7 +176,7 @@ describe('tokenmeter reprice against the DB serve is writing', () => {
     expect(done.code).toBe(0);
     expect(done.stdout).toMatch(/repricing 1: 5 rows updated/);
     const miniIds = rows.slice(0, 3).map((r) => r.id);
-    const db = new Database(dbPath, { readonly: true });
+    const db = openSqlite(dbPath, { readonly: true });
     try {
       for (const id of miniIds) {
         expect(

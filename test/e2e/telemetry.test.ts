@@ -10,7 +10,7 @@ import type { AddressInfo } from 'node:net';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import Database from 'better-sqlite3';
+import { openSqlite } from '../../src/sinks/audit/sqlite.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { expectedUsage, startFakeGateway, type FakeGateway } from '../fake-gateway/index.js';
 import { samples, startServe, waitFor, type ServeProcess } from './helpers.js';
@@ -185,7 +185,7 @@ describe('tokenmeter serve → OTLP/HTTP traces', () => {
       expect(exported).not.toContain(API_KEY);
 
       expect(await serve.stop()).toBe(0);
-      const sqlite = new Database(db, { readonly: true });
+      const sqlite = openSqlite(db, { readonly: true });
       try {
         const row = sqlite.prepare('SELECT id, trace_id, app, cost_nanos FROM requests').get() as {
           id: string;
@@ -252,7 +252,7 @@ describe('tokenmeter serve → OTLP/HTTP traces', () => {
       expect(receiver.bodies.join('\n')).not.toMatch(/walrus|narwhal/);
 
       expect(await serve.stop()).toBe(0);
-      const sqlite = new Database(db, { readonly: true });
+      const sqlite = openSqlite(db, { readonly: true });
       try {
         const rows = sqlite.prepare('SELECT trace_id, stream FROM requests').all();
         expect(rows).toEqual([{ trace_id: span.traceId, stream: 1 }]);

@@ -7,7 +7,7 @@ import http from 'node:http';
 import net from 'node:net';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import Database from 'better-sqlite3';
+import { openSqlite } from '../../src/sinks/audit/sqlite.js';
 import { afterEach, describe, expect, it } from 'vitest';
 import { startServe, warnIfExposed, type RunningServer } from '../../src/cli/serve.js';
 import { mkdirSync, rmSync } from 'node:fs';
@@ -84,7 +84,7 @@ async function serve(
     base,
     async rows() {
       await stop();
-      const conn = new Database(db, { readonly: true });
+      const conn = openSqlite(db, { readonly: true });
       const rows = conn.prepare('SELECT * FROM requests ORDER BY ts_start, id').all() as RequestRecord[];
       conn.close();
       return rows;

@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { createRequire } from 'node:module';
 import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import Database from 'better-sqlite3';
+import { openSqlite } from '../../src/sinks/audit/sqlite.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startFakeGateway, type FakeGateway } from '../fake-gateway/index.js';
 
@@ -117,7 +117,7 @@ describe('tokenmeter serve', () => {
     expect(p.stderr()).not.toContain('sk-test-secret-key');
     expect(p.stderr()).toContain('"msg":"shutting down"');
 
-    const sqlite = new Database(db, { readonly: true });
+    const sqlite = openSqlite(db, { readonly: true });
     try {
       const rows = sqlite.prepare('SELECT operation, stream FROM requests ORDER BY ts_start').all() as Array<{
         operation: string;

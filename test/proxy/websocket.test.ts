@@ -9,7 +9,7 @@ import net, { type AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import Database from 'better-sqlite3';
+import { openSqlite } from '../../src/sinks/audit/sqlite.js';
 import OpenAI from 'openai';
 import { OpenAIRealtimeWS } from 'openai/realtime/ws';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -207,7 +207,7 @@ async function serve(upstreamUrl: string, extraConfig = ''): Promise<Served> {
     stop,
     async rows() {
       await stop();
-      const conn = new Database(db, { readonly: true });
+      const conn = openSqlite(db, { readonly: true });
       const rows = conn.prepare('SELECT * FROM requests ORDER BY ts_start, id').all() as RequestRecord[];
       conn.close();
       return rows;

@@ -5,7 +5,8 @@
  * row would be lost without an error).
  */
 import { existsSync, rmSync, statSync } from 'node:fs';
-import Database from 'better-sqlite3';
+import type Database from 'better-sqlite3';
+import { openSqlite } from './sqlite.js';
 import { REQUEST_COLUMN_NAMES, openDatabase, quoteIdent } from './migrations.js';
 import type { Row } from './row.js';
 
@@ -89,12 +90,12 @@ export function asReadConnection(db: Database.Database, path: string, busyTimeou
 
 /** Opens a read connection to the existing file at `path` (after the writer reopened it). */
 export function openReadConnection(path: string, busyTimeoutMs: number): ReadConnection {
-  return asReadConnection(new Database(path, { fileMustExist: true }), path, busyTimeoutMs);
+  return asReadConnection(openSqlite(path, { fileMustExist: true }), path, busyTimeoutMs);
 }
 
 /** The pragmas of `openDatabase` that are per connection (WAL is a property of the file). */
 function openExisting(path: string, busyTimeoutMs: number): Database.Database {
-  const db = new Database(path, { fileMustExist: true });
+  const db = openSqlite(path, { fileMustExist: true });
   try {
     db.pragma(`busy_timeout = ${busyTimeoutMs}`);
     db.pragma('synchronous = NORMAL');

@@ -7,7 +7,8 @@
  * against the record type at compile time so a new record field cannot be forgotten here.
  */
 import { randomBytes } from 'node:crypto';
-import Database from 'better-sqlite3';
+import type Database from 'better-sqlite3';
+import { openSqlite } from './sqlite.js';
 import { TokenmeterError } from '../../errors.js';
 import type { RequestRecord } from '../../record.js';
 
@@ -253,7 +254,7 @@ export function openAndMigrate(
 ): { db: Database.Database; migration: MigrationResult } {
   let db: Database.Database;
   try {
-    db = new Database(path, { fileMustExist: opts.fileMustExist ?? false });
+    db = openSqlite(path, { fileMustExist: opts.fileMustExist ?? false });
   } catch (err) {
     throw new TokenmeterError('DB_ERROR', `cannot open audit DB ${path}: ${(err as Error).message}`);
   }
