@@ -110,6 +110,13 @@ export interface RequestRecord {
   multiplier: string | null; // exact decimal string, e.g. "0.8"
   upstream_reported_cost_nanos: number | null;
   upstream_reported_currency: string | null;
+  /**
+   * Our table's cost when `cost_nanos` is the gateway's (`cost_source = 'upstream'`, with
+   * `trust_reported_cost`), so neither figure is ever lost (§5.3, docs/reconcile.md); null or
+   * absent otherwise (then `cost_nanos` is ours). Optional: records built before issue 13 lack it.
+   */
+  computed_cost_nanos?: number | null;
+  computed_currency?: string | null;
   trace_id: string | null;
   request_bytes: number;
   response_bytes: number;

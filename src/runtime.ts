@@ -1,6 +1,6 @@
 /**
  * Wires the parts together for `serve`: price book, sinks (traces, metrics, audit log), budgets,
- * the balance poller and the meter. The CLI is the only other place that knows all parts.
+ * the balance and billing pollers and the meter. The CLI is the only other place that knows all parts.
  *
  * Sink order matters only for `begin`: the OpenTelemetry sink goes first so its `traceparent` and
  * trace id are known before the upstream request is sent and before the record is built.
@@ -12,6 +12,7 @@ import type { Settings } from './config/types.js';
 import type { Logger } from './log.js';
 import { createMeter } from './meter/index.js';
 import type { Meter } from './meter/types.js';
+import { startBillingPoller } from './reconcile/poller.js';
 import { priceBookFor, type TablePriceBook } from './pricing/index.js';
 import { openAuditLog, type AuditSink } from './sinks/audit/index.js';
 import { querySpend } from './sinks/audit/queries.js';
@@ -136,6 +137,14 @@ export async function buildRuntime(
   });
 
   const poller = startBalancePoller({ upstreams: settings.upstreams, metrics: metricsSink, log });
+  // Billed vs metered (docs/reconcile.md): snapshots into the audit log, billed and drift metrics.
+  const billing = startBillingPoller({
+    upstreams: settings.upstreams,
+    metrics: metricsSink,
+    audit,
+    keySecret,
+    log,
+  });
 
   let closed = false;
   return {
@@ -152,6 +161,7 @@ export async function buildRuntime(
       if (closed) return;
       closed = true;
       poller.stop();
+      billing.stop();
       // Each sink closes on its own; one failing never stops the others.
       const results = await Promise.allSettled(sinks.map((s) => s.close()));
       results.forEach((r, i) => {

@@ -19,6 +19,8 @@ export const METRIC = {
   ratelimitRemaining: 'tokenmeter_ratelimit_remaining',
   ratelimitLimit: 'tokenmeter_ratelimit_limit',
   upstreamBalance: 'tokenmeter_upstream_balance',
+  billed: 'tokenmeter_billed_total',
+  reconcileDriftRatio: 'tokenmeter_reconcile_drift_ratio',
   budgetLimit: 'tokenmeter_budget_limit',
   budgetSpent: 'tokenmeter_budget_spent',
   inflight: 'tokenmeter_inflight_requests',
@@ -46,6 +48,9 @@ export const LABELS = {
   ratelimitRemaining: ['upstream', 'resource'],
   ratelimitLimit: ['upstream', 'resource'],
   upstreamBalance: ['upstream', 'currency'],
+  // Billed vs metered (docs/reconcile.md): per upstream only; key fingerprints are never labels.
+  billed: ['upstream', 'currency'],
+  reconcileDriftRatio: ['upstream', 'currency'],
   budgetLimit: ['budget', 'currency'],
   budgetSpent: ['budget', 'currency'],
   inflight: ['upstream'],

@@ -712,6 +712,124 @@ async function pricesPage(params, gen) {
   );
 }
 
+// ---- reconcile ---------------------------------------------------------------------------------
+
+/** Billed vs metered per upstream and key, as `tokenmeter reconcile` prints it (docs/reconcile.md). */
+async function reconcilePage(params, gen) {
+  const since = params.get('since') || '24h';
+  const upstream = params.get('upstream') ?? '';
+  const names = (status?.upstreams ?? []).map((u) => u.name);
+  const form = h(
+    'form',
+    { class: 'filters', id: 'reconcile-filters' },
+    h(
+      'label',
+      {},
+      'since',
+      h(
+        'select',
+        { name: 'since' },
+        SINCE.map((o) => h('option', { value: o, selected: o === since }, o)),
+      ),
+    ),
+    select('upstream', names, upstream, 'upstream'),
+  );
+  form.addEventListener('change', () =>
+    go(
+      '/reconcile',
+      new URLSearchParams({ since: form.elements.since.value, upstream: form.elements.upstream.value }),
+    ),
+  );
+  const title = h('h1', {}, 'Billed vs metered');
+  mount(view, title, form, h('p', { class: 'muted' }, 'Loading…'));
+  let data;
+  try {
+    data = await get('reconcile', { since, upstream });
+  } catch (e) {
+    if (gen === generation) view.replaceChildren(title, form, failure(e));
+    return;
+  }
+  if (gen !== generation) return;
+  if (!data.audit) {
+    mount(view, title, form, auditOffNote(data.audit_reason));
+    return;
+  }
+  if (data.lines.length === 0) {
+    mount(
+      view,
+      title,
+      form,
+      h(
+        'p',
+        { class: 'notice' },
+        'Nothing to reconcile in this window: no billing snapshots and no gateway-reported costs (billing: on an upstream, see docs/reconcile.md).',
+      ),
+    );
+    return;
+  }
+  const drift = (l) => (l.ratio === null ? UNKNOWN : `${((Number(l.ratio) - 1) * 100).toFixed(1)}%`);
+  const money = (v, c) => (v === null ? UNKNOWN : `${v} ${c}`);
+  mount(
+    view,
+    title,
+    form,
+    h(
+      'table',
+      { class: 'reconcile', id: 'reconcile' },
+      h(
+        'thead',
+        {},
+        h(
+          'tr',
+          {},
+          [
+            'upstream',
+            'key',
+            'source',
+            'billed',
+            'metered',
+            'drift',
+            'requests',
+            'estimated',
+            'missing',
+            'unpriced',
+            'unanswered',
+          ].map((c) => h('th', {}, c)),
+        ),
+      ),
+      h(
+        'tbody',
+        {},
+        data.lines.map((l) =>
+          h(
+            'tr',
+            { class: l.drifting ? 'warn' : undefined },
+            h('td', {}, l.upstream),
+            h('td', {}, l.scope === 'upstream' ? `${l.key_id ?? UNKNOWN} (all keys)` : (l.key_id ?? UNKNOWN)),
+            h('td', {}, l.source),
+            h('td', { class: 'num cost' }, money(l.billed, l.currency)),
+            h('td', { class: 'num cost' }, money(l.metered, l.currency)),
+            h('td', { class: 'num' }, drift(l)),
+            h('td', { class: 'num' }, String(l.requests)),
+            h('td', { class: 'num' }, String(l.estimated.requests)),
+            h('td', { class: 'num' }, String(l.missing)),
+            h('td', { class: 'num' }, String(l.unpriced)),
+            h('td', { class: 'num' }, String(l.unanswered.requests)),
+          ),
+        ),
+      ),
+    ),
+    data.lines.map((l) => [
+      h('h2', {}, `${l.upstream} key ${l.key_id ?? 'none'} (${l.source})`),
+      h(
+        'ul',
+        { class: 'explanation' },
+        l.explanation.map((e) => h('li', {}, e)),
+      ),
+    ]),
+  );
+}
+
 // ---- shell -------------------------------------------------------------------------------------
 
 async function render() {
@@ -724,6 +842,7 @@ async function render() {
   if (page === 'spend') return spendPage(params, gen);
   if (page === 'budgets') return budgetsPage(params, gen);
   if (page === 'prices') return pricesPage(params, gen);
+  if (page === 'reconcile') return reconcilePage(params, gen);
   return requestsPage(params, gen);
 }
 

@@ -9,6 +9,7 @@ import { register as registerBudgets } from './budgets.js';
 import { register as registerDb } from './db.js';
 import { register as registerKeyId } from './key-id.js';
 import { register as registerPrices } from './prices.js';
+import { register as registerReconcile } from './reconcile.js';
 import { register as registerReport } from './report.js';
 import { register as registerReprice } from './reprice.js';
 import { register as registerServe } from './serve.js';
@@ -47,6 +48,7 @@ export function buildProgram(): Command {
   registerServe(program);
   registerReport(program);
   registerReprice(program);
+  registerReconcile(program);
   registerPrices(program);
   registerBudgets(program);
   registerKeyId(program);

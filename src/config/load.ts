@@ -10,7 +10,7 @@ import { dirname, isAbsolute, resolve } from 'node:path';
 import { isMap, isScalar, isSeq, LineCounter, parseDocument, visit, type Node } from 'yaml';
 import type { ZodIssue } from 'zod';
 import { ConfigError, type SourceProblem } from '../errors.js';
-import { ConfigFile } from './schema.js';
+import { ConfigFile, type UpstreamConfig } from './schema.js';
 import { DEFAULTS, type LogLevel, type Settings, type UpstreamSettings } from './types.js';
 
 /** Options as parsed from the command line (commander); all optional. */
@@ -67,15 +67,16 @@ function locate(
 
 /**
  * A union (e.g. Duration = number | "30s") fails as "Invalid input"; report the branch that matched
- * the value's type instead, so the message says what a valid value looks like.
+ * the value's type instead, so the message says what a valid value looks like — every problem of
+ * that branch (an object branch such as `billing:` can have several).
  */
-function specific(issue: ZodIssue): ZodIssue {
-  if (issue.code !== 'invalid_union') return issue;
+function specific(issue: ZodIssue): ZodIssue[] {
+  if (issue.code !== 'invalid_union') return [issue];
   for (const branch of issue.unionErrors) {
     const first = branch.issues[0];
-    if (first && first.code !== 'invalid_type') return specific(first);
+    if (first && first.code !== 'invalid_type') return branch.issues.flatMap(specific);
   }
-  return issue;
+  return [issue];
 }
 
 function fieldName(path: ReadonlyArray<string | number>): string {
@@ -126,7 +127,7 @@ export function readConfigFile(file: string, env: NodeJS.ProcessEnv): ConfigFile
   const raw: unknown = doc.toJS() ?? {};
   const parsed = ConfigFile.safeParse(raw);
   if (!parsed.success) {
-    for (const issue of parsed.error.issues.map(specific)) {
+    for (const issue of parsed.error.issues.flatMap(specific)) {
       if (issue.code === 'unrecognized_keys') {
         for (const key of issue.keys) {
           problems.push({
@@ -204,6 +205,21 @@ function parseUrl(v: string, where: string): URL {
   return u;
 }
 
+/** `billing:` of one upstream (one source or a list) with defaults filled in (docs/reconcile.md). */
+function billingSettings(cfg: UpstreamConfig['billing']): UpstreamSettings['billing'] {
+  if (cfg === undefined) return undefined;
+  const d = DEFAULTS.billing;
+  return (Array.isArray(cfg) ? cfg : [cfg]).map((b) => ({
+    source: b.source,
+    path: b.path,
+    intervalMs: b.interval ?? d.intervalMs,
+    apiKey: b.api_key,
+    currency: b.currency ?? (b.source === 'oneapi' || b.source === 'newapi' ? 'USD' : undefined),
+    quotaPerUnit: b.quota_per_unit ?? d.quotaPerUnit,
+    windowMs: b.window ?? d.windowMs,
+  }));
+}
+
 /**
  * @param flags options from the command line
  * @param env   the process environment (TOKENMETER_* and ${VAR} references)
@@ -261,6 +277,7 @@ export function loadSettings(flags: CliFlags, env: NodeJS.ProcessEnv, cwd: strin
               intervalMs: u.balance.interval ?? DEFAULTS.balanceIntervalMs,
               apiKey: u.balance.api_key,
             },
+    billing: billingSettings(u.billing),
     app: u.app,
   }));
 

@@ -66,6 +66,34 @@ export function numberToDecimalString(n: number): string {
 const Name = z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/, 'use letters, digits, _ . - (at most 64)');
 const Currency = z.string().regex(/^[A-Z]{3}$/, 'expected an ISO 4217 code such as CNY or USD');
 
+/** Where a gateway states what it billed (issue 13, docs/reconcile.md). */
+export const BILLING_SOURCES = ['balance', 'balance_delta', 'oneapi', 'newapi'] as const;
+
+/**
+ * One billing source of an upstream: the endpoint tokenmeter polls to learn what the gateway
+ * billed the configured key (`api_key`: the endpoint answers for the key it is called with).
+ */
+export const BillingSourceConfig = z
+  .object({
+    /**
+     * `balance`: seed 004 `GET /v1/balance` (`api_key.daily_used`/`monthly_used`); `balance_delta`:
+     * the same endpoint's tenant `balance`, its drops between polls (rises = top-ups, excluded);
+     * `oneapi`: `/dashboard/billing/usage` (`total_usage` in USD cents); `newapi`: `/api/usage/token`.
+     */
+    source: z.enum(BILLING_SOURCES),
+    path: z.string().optional(),
+    interval: Duration.optional(),
+    /** The key the endpoint answers for; supports ${ENV_VAR}. Its fingerprint joins billed with metered rows. */
+    api_key: z.string().min(1, 'the billing endpoint needs the key whose spend it reports'),
+    /** Currency of the figures: default the body's `currency` (balance), else USD (oneapi, newapi). */
+    currency: Currency.optional(),
+    /** new-api/one-api quota units per currency unit (default 500000: $0.002 per 1K tokens = ratio 1). */
+    quota_per_unit: z.number().positive().optional(),
+    /** Window of the drift gauge (tokenmeter_reconcile_drift_ratio); default 24h. */
+    window: Duration.optional(),
+  })
+  .strict();
+
 export const UpstreamConfig = z
   .object({
     name: Name,
@@ -100,6 +128,8 @@ export const UpstreamConfig = z
           .strict(),
       ])
       .optional(),
+    /** Billed-vs-metered sources (issue 13): one, or a list (the first one feeds the metrics). */
+    billing: z.union([BillingSourceConfig, z.array(BillingSourceConfig).min(1)]).optional(),
     /** App attributed to requests through this upstream when nothing more specific matches. */
     app: Name.optional(),
   })
@@ -228,3 +258,5 @@ export type UpstreamConfig = z.infer<typeof UpstreamConfig>;
 export type RouteConfig = z.infer<typeof RouteConfig>;
 export type BudgetConfig = z.infer<typeof BudgetConfig>;
 export type FxRate = z.infer<typeof FxRate>;
+export type BillingSourceConfig = z.infer<typeof BillingSourceConfig>;
+export type BillingSourceName = (typeof BILLING_SOURCES)[number];

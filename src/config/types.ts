@@ -2,7 +2,7 @@
  * The effective settings after precedence (flag > env > config file > default, DESIGN.md §2).
  * Built by ./load.ts; every other part receives the slice it needs and never reads env or files.
  */
-import type { BudgetConfig, FxRate, RouteConfig } from './schema.js';
+import type { BillingSourceName, BudgetConfig, FxRate, RouteConfig } from './schema.js';
 
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error' | 'silent';
 
@@ -18,7 +18,21 @@ export interface UpstreamSettings {
   multiplier?: string;
   trustReportedCost: boolean;
   balance?: { path: string; intervalMs: number; apiKey?: string };
+  /** Billed-vs-metered sources (docs/reconcile.md); the first feeds the billed and drift metrics. */
+  billing?: BillingSettings[];
   app?: string;
+}
+
+export interface BillingSettings {
+  source: BillingSourceName;
+  /** Joined with the upstream URL like proxied paths; undefined: the source's default (sources.ts). */
+  path?: string;
+  intervalMs: number;
+  apiKey: string;
+  /** undefined: the body's (balance sources); USD for oneapi/newapi is filled in by the loader. */
+  currency?: string;
+  quotaPerUnit: number;
+  windowMs: number;
 }
 
 export interface Settings {
@@ -108,4 +122,9 @@ export const DEFAULTS = {
   },
   balanceIntervalMs: 300_000,
   balancePath: '/v1/balance',
+  billing: {
+    intervalMs: 300_000,
+    quotaPerUnit: 500_000,
+    windowMs: 86_400_000,
+  },
 } as const;

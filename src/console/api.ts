@@ -294,6 +294,20 @@ async function pricesRoute(deps: ApiDeps, req: Request, res: Response): Promise<
   res.json({ audit: true, ...head, unpriced });
 }
 
+/** Billed vs metered per upstream and key: `tokenmeter reconcile --format json` (docs/reconcile.md). */
+async function reconcileRoute(deps: ApiDeps, req: Request, res: Response): Promise<void> {
+  const nowMs = (deps.now ?? Date.now)();
+  const p = params(req, ['since', 'until', 'upstream']);
+  const w = window(p, nowMs, '24h');
+  const fromMs = w.fromMs!;
+  const toMs = w.toMs ?? nowMs;
+  const upstream = p.upstream === undefined || p.upstream === '' ? undefined : p.upstream;
+  const head = { from: new Date(fromMs).toISOString(), to: new Date(toMs).toISOString() };
+  if (auditOff(res, deps, { ...head, lines: [] })) return;
+  const answer = await deps.reader.run({ op: 'reconcile', options: { fromMs, toMs, upstream } });
+  res.json({ audit: true, ...answer });
+}
+
 function budgetsRoute(deps: ApiDeps, req: Request, res: Response): void {
   params(req, []);
   const state = deps.reader.state();
@@ -333,5 +347,6 @@ export function apiRouter(deps: ApiDeps): Router {
   r.get('/report', route(reportRoute));
   r.get('/budgets', route(budgetsRoute));
   r.get('/prices', route(pricesRoute));
+  r.get('/reconcile', route(reconcileRoute));
   return r;
 }

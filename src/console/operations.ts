@@ -9,6 +9,8 @@
 import type Database from 'better-sqlite3';
 import { openSqlite } from '../sinks/audit/sqlite.js';
 import { buildReport, reportToJson, type ReportOptions } from '../cli/report.js';
+import { reconciliationToJson } from '../reconcile/format.js';
+import { buildReconciliation, type ReconcileOptions } from '../reconcile/reconcile.js';
 import { trackFile } from '../sinks/audit/connection.js';
 import {
   getRequest,
@@ -32,7 +34,9 @@ export type ReaderQuery =
   /** The spend page's series and, for the same window, `report`'s groups and totals. */
   | { op: 'spend'; fromMs: number; toMs: number; bucketMs: number; by?: SpendDimension }
   | { op: 'report'; options: ReportOptions }
-  | { op: 'unpricedModels'; fromMs: number; toMs: number; limit: number };
+  | { op: 'unpricedModels'; fromMs: number; toMs: number; limit: number }
+  /** `tokenmeter reconcile --format json` for the window (docs/reconcile.md). */
+  | { op: 'reconcile'; options: ReconcileOptions };
 
 export type ReaderOp = ReaderQuery['op'];
 
@@ -53,6 +57,7 @@ export interface ReaderAnswers {
   spend: { points: SpendPointJson[]; report: ReportJson };
   report: ReportJson;
   unpricedModels: UnpricedModel[];
+  reconcile: Record<string, unknown>;
 }
 
 /** Runs one operation; throws what the query throws. */
@@ -74,6 +79,8 @@ export function runOperation(db: Database.Database, q: ReaderQuery): ReaderAnswe
       return reportToJson(buildReport(db, q.options));
     case 'unpricedModels':
       return queryUnpricedModels(db, q.fromMs, q.toMs, q.limit);
+    case 'reconcile':
+      return reconciliationToJson(buildReconciliation(db, q.options));
   }
 }
 

@@ -531,6 +531,9 @@ class RequestMeterImpl implements RequestMeter {
       multiplier: price?.multiplier ?? null,
       upstream_reported_cost_nanos: price?.upstream_reported_cost_nanos ?? null,
       upstream_reported_currency: price?.upstream_reported_currency ?? null,
+      // Trusted reported cost: our own figure stays beside it (docs/reconcile.md).
+      computed_cost_nanos: price?.cost_source === 'upstream' ? (price.computed_cost_nanos ?? null) : null,
+      computed_currency: price?.cost_source === 'upstream' ? (price.computed_currency ?? null) : null,
       upstream_request_id: upstreamRequestId ?? null,
       note: this.notes.length > 0 ? [...new Set(this.notes)].join('; ') : null,
     };

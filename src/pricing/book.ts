@@ -264,6 +264,7 @@ export class TablePriceBook implements BoundingPriceBook {
         return {
           ...result,
           computed_cost_nanos: result.cost_nanos,
+          computed_currency: result.currency,
           cost_nanos: reported.nanos,
           currency: reported.currency,
           cost_source: 'upstream',

@@ -32,6 +32,8 @@ export interface PriceResult {
    * kept so drift between the two can be watched (§5.3). Additive; absent otherwise.
    */
   computed_cost_nanos?: number | null;
+  /** The currency of `computed_cost_nanos` (our price entry's), which may differ from the gateway's. */
+  computed_currency?: string | null;
   /** Why the cost is null, when it is. */
   reason?: string;
 }

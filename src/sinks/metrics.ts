@@ -44,6 +44,10 @@ export interface MetricsSink extends Sink, HealthCounters {
   readonly registry: Registry;
   rateLimit(upstream: string, info: RateLimitInfo): void;
   balance(upstream: string, currency: string, amount: number): void;
+  /** Billed amount observed between two polls of a billing endpoint (tokenmeter_billed_total). */
+  billed(upstream: string, currency: string, nanos: bigint): void;
+  /** billed / metered over the drift window; null removes the series (no ratio known). */
+  reconcileDrift(upstream: string, currency: string, ratio: number | null): void;
   /** Time tokenmeter itself added to one request (tokenmeter_proxy_overhead_seconds). */
   overhead(upstream: string, seconds: number): void;
   /** Where the in-flight gauge reads from at scrape time (the proxy's one in-flight count). */
@@ -182,6 +186,18 @@ export function createMetricsSink(opts: MetricsSinkOptions): MetricsSink {
     name: METRIC.upstreamBalance,
     help: 'Upstream account balance as polled from its balance endpoint, in currency units.',
     labelNames: LABELS.upstreamBalance,
+    registers: reg,
+  });
+  const billedTotal = new Counter({
+    name: METRIC.billed,
+    help: 'Amount the upstream billed, as observed between polls of its billing endpoint, in currency units.',
+    labelNames: LABELS.billed,
+    registers: reg,
+  });
+  const driftRatio = new Gauge({
+    name: METRIC.reconcileDriftRatio,
+    help: 'Billed / metered over the reconcile window (1 = the gateway bills what tokenmeter metered).',
+    labelNames: LABELS.reconcileDriftRatio,
     registers: reg,
   });
   // Gauges read at scrape time from their owners (budgets, the proxy's in-flight count), so
@@ -433,6 +449,17 @@ export function createMetricsSink(opts: MetricsSinkOptions): MetricsSink {
 
     balance(upstream: string, currency: string, amount: number) {
       upstreamBalance.set({ upstream, currency }, amount);
+    },
+
+    billed(upstream: string, currency: string, nanos: bigint) {
+      // inc(0) still creates the series, so a configured source shows up before its first charge.
+      if (nanos >= 0n) billedTotal.inc({ upstream, currency }, nanosToUnits(nanos));
+    },
+
+    reconcileDrift(upstream: string, currency: string, ratio: number | null) {
+      // +Inf is kept: billed while nothing was metered (the key is used around tokenmeter).
+      if (ratio === null || Number.isNaN(ratio)) driftRatio.remove({ upstream, currency });
+      else driftRatio.set({ upstream, currency }, ratio);
     },
 
     overhead(upstream: string, seconds: number) {

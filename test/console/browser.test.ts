@@ -153,6 +153,12 @@ describe.skipIf(!available && process.env.CI !== 'true')('the console in Chromiu
     await page.waitForSelector('text=No budgets configured');
   });
 
+  it('shows the reconcile page (nothing to reconcile without billing: or reported costs)', async () => {
+    await page.goto(`${world.base}/-/ui/#/reconcile?since=24h`);
+    await page.waitForSelector('text=Nothing to reconcile in this window');
+    expect(await page.$eval('nav a.active', (a) => a.textContent)).toBe('Reconcile');
+  });
+
   it('had no console errors, CSP violations or dialogs on any page', () => {
     expect(problems).toEqual([]);
     expect(dialogs).toBe(0);

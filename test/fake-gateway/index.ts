@@ -14,7 +14,12 @@
  * | POST   | /embeddings             | float or base64 (`encoding_format`) vectors + usage       |
  * | POST   | /images/generations     | `n` images (url or b64_json); usage for gpt-image-*       |
  * | GET    | /models                 | one model per flavor                                      |
- * | GET    | /balance                | seed 004 balance object                                   |
+ * | GET    | /balance                | seed 004 balance object, live: what billing.ts charged     |
+ * BILLING (billing.ts, issue 13; at the root, whatever basePath is): GET /dashboard/billing/subscription,
+ * /dashboard/billing/usage (also under /v1/, one-api style, total_usage in cents), /api/usage/token
+ * (new-api). Every answered-or-abandoned token request is charged to its key (`gateway.billing`),
+ * with usage or without it; `x-fake-bill-multiplier: 1.25` (or options.billing.multiplier) bills
+ * ×1.25 of the fake's prices (default 2 / 8 per 1M, CNY).
  *
  * AUTH: `Authorization: Bearer K`, `x-api-key: K` or `api-key: K`. K must start with `sk-`;
  * `sk-bad…` or no key → 401 in the endpoint's error shape.
@@ -71,16 +76,18 @@ import { once } from 'node:events';
 import type { Socket } from 'node:net';
 import { countTokensBody, messagesBody, messagesEvents } from './anthropic.js';
 import { errorResponse, type ErrorFamily, type ErrorVariant } from './errors.js';
-import { balanceBody, embeddingsBody, imagesBody, modelsBody } from './misc.js';
+import { FakeBilling, type FakeBillingOptions } from './billing.js';
+import { embeddingsBody, imagesBody, modelsBody } from './misc.js';
 import { chatBody, chatEvents, completionBody, completionEvents, type EndpointInput } from './openai-chat.js';
 import { responsesBody, responsesEvents } from './responses.js';
 import { parseScenario, splitModel } from './scenarios.js';
 import { sendJson, sendSse, type ResponseContext } from './transport.js';
-import { flavorFor } from './usage.js';
+import { expectedUsage, flavorFor } from './usage.js';
 
 export * from './usage.js';
 export { NAMED_SCENARIOS, isScenarioName, splitModel } from './scenarios.js';
 export { LISTED_MODELS, embeddingVector, balanceBody } from './misc.js';
+export { FakeBilling, billableTokens, type Charge, type FakeBillingOptions } from './billing.js';
 export { MINIMAX_BASE_RESP_ERROR, STREAM_ERROR_BODY } from './openai-chat.js';
 export { ANTHROPIC_STREAM_ERROR } from './anthropic.js';
 export { rawRequest, parseSse, sseJson, type RawResponse, type ParsedSseEvent } from './client.js';
@@ -107,6 +114,8 @@ export interface FakeGateway {
   url: string;
   port: number;
   requests: ReceivedRequest[];
+  /** What this gateway charged each key, and the knobs (multiplier, top-up, new day). */
+  billing: FakeBilling;
   openConnections(): number;
   close(): Promise<void>;
 }
@@ -117,6 +126,8 @@ export interface FakeGatewayOptions {
   basePath?: string;
   /** Keep every request in `requests` (default true); false for long benchmark runs. */
   recordRequests?: boolean;
+  /** Prices, multiplier, currency and starting balance of what the fake bills (billing.ts). */
+  billing?: FakeBillingOptions;
 }
 
 const ERROR_VARIANTS: ErrorVariant[] = ['error-429-quota', 'error-arrearage', 'error-403-quota'];
@@ -133,6 +144,24 @@ const ENDPOINT_METHODS: Record<string, string> = {
   '/models': 'GET',
   '/balance': 'GET',
 };
+
+/** Token endpoints the fake charges for (billing.ts). */
+const BILLED_ENDPOINTS = new Set([
+  '/chat/completions',
+  '/search/completions',
+  '/completions',
+  '/responses',
+  '/messages',
+]);
+
+/** Billing endpoints served at the root, whatever basePath is (one-api/new-api routes). */
+const ROOT_BILLING_PATHS = new Set([
+  '/dashboard/billing/subscription',
+  '/v1/dashboard/billing/subscription',
+  '/dashboard/billing/usage',
+  '/v1/dashboard/billing/usage',
+  '/api/usage/token',
+]);
 
 function apiKeyOf(headers: IncomingHttpHeaders): string | undefined {
   const auth = headers.authorization;
@@ -166,6 +195,7 @@ function rateLimitHeaders(seq: number): Record<string, string> {
 export async function startFakeGateway(opts: FakeGatewayOptions = {}): Promise<FakeGateway> {
   const basePath = (opts.basePath ?? '/v1').replace(/\/+$/, '');
   const requests: ReceivedRequest[] = [];
+  const billing = new FakeBilling(opts.billing);
   const sockets = new Set<Socket>();
   let seqCounter = 0;
   let closing = false;
@@ -242,6 +272,16 @@ export async function startFakeGateway(opts: FakeGatewayOptions = {}): Promise<F
       return sendJson(ctx, error.status, error.body, error.headers);
     };
 
+    if (ROOT_BILLING_PATHS.has(pathname) && record.method === 'GET') {
+      const key = apiKeyOf(req.headers);
+      if (!isValidKey(key)) return fail(401);
+      const body = pathname.endsWith('/subscription')
+        ? billing.subscriptionBody()
+        : pathname.endsWith('/usage')
+          ? billing.usageBody(key!)
+          : billing.tokenUsageBody(key!);
+      return sendJson(ctx, 200, body);
+    }
     if (endpoint === undefined || ENDPOINT_METHODS[endpoint] !== record.method) {
       const body = {
         error: {
@@ -252,6 +292,27 @@ export async function startFakeGateway(opts: FakeGatewayOptions = {}): Promise<F
       };
       return sendJson({ ...ctx, scenario: parseScenario({}, []) }, 404, body);
     }
+    const key = apiKeyOf(req.headers);
+    if (
+      BILLED_ENDPOINTS.has(endpoint) &&
+      isValidKey(key) &&
+      json !== undefined &&
+      scenario.errorStatus === undefined &&
+      !scenario.names.has('minimax-base-resp-error')
+    ) {
+      // Charged when the connection ends: answered, abandoned by the client, or hung and cut off.
+      const wire =
+        scenario.usage ??
+        expectedUsage(flavorFor(endpoint, split.model), json, { chunks: scenario.chunks }).wire;
+      const multiplier = req.headers['x-fake-bill-multiplier'];
+      res.once('close', () => {
+        if (closing && !record.completed) return;
+        billing.charge(key!, requestId, FakeBilling.tokensOf(wire), {
+          multiplier: typeof multiplier === 'string' ? multiplier : undefined,
+          aborted: record.aborted || !record.completed,
+        });
+      });
+    }
     if (scenario.names.has('hang')) return;
     if (!isValidKey(apiKeyOf(req.headers))) return fail(401);
     if (scenario.errorStatus !== undefined) {
@@ -259,7 +320,7 @@ export async function startFakeGateway(opts: FakeGatewayOptions = {}): Promise<F
       return fail(scenario.errorStatus, { variant });
     }
     if (record.method === 'GET') {
-      return sendJson(ctx, 200, endpoint === '/models' ? modelsBody() : balanceBody());
+      return sendJson(ctx, 200, endpoint === '/models' ? modelsBody() : billing.balanceBody(key!));
     }
     if (json === undefined) return fail(400, { message: 'Request body must be a JSON object' });
 
@@ -314,6 +375,7 @@ export async function startFakeGateway(opts: FakeGatewayOptions = {}): Promise<F
     url: `http://127.0.0.1:${port}`,
     port,
     requests,
+    billing,
     openConnections: () => sockets.size,
     close: async () => {
       closing = true;

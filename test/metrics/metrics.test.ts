@@ -63,6 +63,8 @@ const PINNED: Record<string, { type: string; labels: string[] }> = {
   tokenmeter_ratelimit_remaining: { type: 'gauge', labels: ['upstream', 'resource'] },
   tokenmeter_ratelimit_limit: { type: 'gauge', labels: ['upstream', 'resource'] },
   tokenmeter_upstream_balance: { type: 'gauge', labels: ['upstream', 'currency'] },
+  tokenmeter_billed_total: { type: 'counter', labels: ['upstream', 'currency'] },
+  tokenmeter_reconcile_drift_ratio: { type: 'gauge', labels: ['upstream', 'currency'] },
   tokenmeter_budget_limit: { type: 'gauge', labels: ['budget', 'currency'] },
   tokenmeter_budget_spent: { type: 'gauge', labels: ['budget', 'currency'] },
   tokenmeter_inflight_requests: { type: 'gauge', labels: ['upstream'] },
@@ -121,6 +123,8 @@ function exerciseEverything(s: MetricsSink): void {
     tokens: { limit: 100000, remaining: 9000 },
   });
   s.balance('cailag', 'CNY', 138.5);
+  s.billed('cailag', 'CNY', 1_250_000_000n);
+  s.reconcileDrift('cailag', 'CNY', 1.25);
   s.setBudgetSource(() => [budgetStatus('team-month', 'CNY', 100_000_000_000n, 12_500_000_000n)]);
   s.internalError('sink:audit');
   s.auditQueueDepth(3);

@@ -371,13 +371,16 @@ describe.skipIf(skip)('dashboards and rules against a real Prometheus scraping a
       'process_cpu_seconds_total',
       'nodejs_eventloop_lag_p99_seconds',
     ]);
-    // Exported, but this traffic does not produce them (no reasoning model, no balance endpoint
-    // configured, no upstream-reported cost, no estimated usage, no internal failure).
+    // Exported, but this traffic does not produce them (no reasoning model, no balance or billing
+    // endpoint configured, no upstream-reported cost, no estimated usage, no internal failure).
     const mayBeEmpty = new Set([
       'tokenmeter_reasoning_tokens_total',
       'tokenmeter_upstream_reported_cost_total',
       'tokenmeter_usage_unreported_total',
       'tokenmeter_upstream_balance',
+      // Billed vs metered: only upstreams with `billing:` configured export them (docs/reconcile.md).
+      'tokenmeter_billed_total',
+      'tokenmeter_reconcile_drift_ratio',
       'tokenmeter_internal_errors_total',
       'tokenmeter_sse_oversize_events_total',
     ]);

@@ -36,6 +36,7 @@ describe('alert rules: static checks', () => {
     const alerts = alertRules(rules);
     expect(alerts.map((a) => a.alert).sort()).toEqual([
       'TokenmeterAuditRecordsDropped',
+      'TokenmeterBillingDrift',
       'TokenmeterBudgetBlocking',
       'TokenmeterBudgetBurnRateFast',
       'TokenmeterBudgetBurnRateSlow',

@@ -26,6 +26,7 @@ import {
   openWriterConnection,
   type ReadConnection,
 } from './connection.js';
+import { billingSnapshotSql, type BillingSnapshotRow } from './billing.js';
 import { clearServeMarker, readUncleanShutdown, setServeMarker, type UncleanShutdown } from './marker.js';
 import { DAY_MS, ensureKeySecret, pruneBefore } from './migrations.js';
 import { WINDOW_MARGIN, createRedactor } from './redact.js';
@@ -35,6 +36,7 @@ import { InProcessWriter, WriterThread, WriterThreadGone, type WriterBackend } f
 
 export { recordToRow, rowToRecord, rowValue } from './row.js';
 export type { UncleanShutdown } from './marker.js';
+export type { BillingSnapshotRow } from './billing.js';
 
 export interface AuditLogOptions {
   /** File path or ':memory:'. */
@@ -92,6 +94,11 @@ export interface AuditSink extends Sink {
   flush(): Promise<void>;
   /** Queues captured bodies (only when capture is on); never touches the DB on the caller's stack. */
   capture(recordId: string, request?: Buffer, response?: Buffer): void;
+  /**
+   * Stores one billing snapshot (issue 13) through the connection that writes, in order with the
+   * record batches. Rejects when it could not be written (the caller logs; nothing is retried).
+   */
+  writeBillingSnapshot(row: BillingSnapshotRow): Promise<void>;
 }
 
 /** Retention runs at start and then hourly. */
@@ -362,6 +369,15 @@ class AuditLog implements AuditSink {
 
   execOnWriter(sql: string): Promise<void> {
     return this.backend.exec(sql);
+  }
+
+  writeBillingSnapshot(row: BillingSnapshotRow): Promise<void> {
+    if (this.closed) return Promise.reject(new Error('audit log is closed'));
+    try {
+      return this.backend.exec(billingSnapshotSql(row));
+    } catch (err) {
+      return Promise.reject(err as Error);
+    }
   }
 
   writerThread(): WriterThread | undefined {

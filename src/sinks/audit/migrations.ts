@@ -58,6 +58,8 @@ export const REQUEST_COLUMNS = {
   note: { kind: 'text', since: 2 },
   price_match: { kind: 'text', since: 3 },
   audio_tokens: { kind: 'integer', since: 3 },
+  computed_cost_nanos: { kind: 'integer', since: 4 },
+  computed_currency: { kind: 'text', since: 4 },
 } as const satisfies Record<keyof RequestRecord, { kind: ColumnKind; since: number }>;
 
 export type RequestColumn = keyof typeof REQUEST_COLUMNS;
@@ -170,6 +172,34 @@ const MIGRATION_3 = [
   'CREATE INDEX repricing_history_ts_start ON repricing_history (ts_start);',
 ].join('\n');
 
+/**
+ * Migration 4 (issue 13, billed vs metered, docs/reconcile.md): our table's cost kept beside a
+ * trusted upstream-reported one (`computed_cost_nanos`/`computed_currency`, set only when
+ * `cost_source = 'upstream'`), and `billing_snapshots`: what a gateway's balance or billing
+ * endpoint said at each poll, as exact nanos, for the upstream and key fingerprint it answered for.
+ */
+const MIGRATION_4 = [
+  ...REQUEST_COLUMN_NAMES.filter((c) => REQUEST_COLUMNS[c].since === 4).map(
+    (c) => `ALTER TABLE requests ADD COLUMN ${quoteIdent(c)} ${sqlType(REQUEST_COLUMNS[c].kind)};`,
+  ),
+  `CREATE TABLE billing_snapshots (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts INTEGER NOT NULL,
+    upstream TEXT NOT NULL,
+    key_id TEXT,
+    source TEXT NOT NULL,
+    currency TEXT NOT NULL,
+    balance_nanos INTEGER,
+    daily_used_nanos INTEGER,
+    monthly_used_nanos INTEGER,
+    total_used_nanos INTEGER,
+    granted_nanos INTEGER,
+    daily_reset_at INTEGER,
+    monthly_reset_at INTEGER
+  );`,
+  'CREATE INDEX billing_snapshots_upstream_ts ON billing_snapshots (upstream, ts);',
+].join('\n');
+
 export const MIGRATIONS: readonly Migration[] = [
   { version: 1, description: 'requests (v1 columns) and meta', sql: MIGRATION_1 },
   { version: 2, description: 'full request record, indexes, bodies', sql: MIGRATION_2 },
@@ -177,6 +207,11 @@ export const MIGRATIONS: readonly Migration[] = [
     version: 3,
     description: 'price_match, audio_tokens, repricings and repricing_history',
     sql: MIGRATION_3,
+  },
+  {
+    version: 4,
+    description: 'computed_cost_nanos, computed_currency and billing_snapshots',
+    sql: MIGRATION_4,
   },
 ];
 
@@ -301,6 +336,7 @@ export function pruneBefore(db: Database.Database, cutoffMs: number): number {
     db.prepare('DELETE FROM bodies WHERE ts < ?').run(cutoffMs);
     // A pruned request's repricing history goes with it; the `repricings` runs themselves stay.
     db.prepare('DELETE FROM repricing_history WHERE ts_start < ?').run(cutoffMs);
+    db.prepare('DELETE FROM billing_snapshots WHERE ts < ?').run(cutoffMs);
     return deleted;
   });
   return run.immediate();

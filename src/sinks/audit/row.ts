@@ -37,6 +37,7 @@ const COUNT_COLUMNS = [
 const MONEY_COLUMNS = [
   'cost_nanos',
   'upstream_reported_cost_nanos',
+  'computed_cost_nanos',
 ] as const satisfies readonly RequestColumn[];
 
 const plausible = (v: unknown): boolean => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
