@@ -78,7 +78,7 @@ export async function buildRuntime(
   }
 
   // OpenTelemetry (spans, OTLP metrics and logs), on only when OTEL_* variables ask for it.
-  const otel = createOtelSink({
+  const otel = await createOtelSink({
     env,
     captureContent: settings.traces.captureContent,
     log,

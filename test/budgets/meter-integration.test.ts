@@ -23,7 +23,7 @@ import { parseExposition, valueOf } from '../metrics/exposition.js';
 const dir = mkdtempSync(join(tmpdir(), 'tokenmeter-budget-meter-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-function setup() {
+async function setup() {
   const prices = join(dir, 'prices.yaml');
   writeFileSync(
     prices,
@@ -39,13 +39,13 @@ function setup() {
   });
   const metrics = createMetricsSink({ maxModels: 10, maxApps: 10, apps: ['chatbot'] });
   const exporter = new InMemorySpanExporter();
-  const traces = createOtelSink({
+  const traces = (await createOtelSink({
     env: {},
     captureContent: false,
     traceExporter: exporter,
     log: SILENT_LOGGER,
     health: metrics,
-  })!;
+  }))!;
   // ¥0.001 limit, already ¥0.0001 spent: one §5.6 request (¥0.0011826) uses it up.
   const budgets = createBudgets({
     budgets: [
@@ -100,7 +100,7 @@ function setup() {
 
 describe('budgets through the meter', () => {
   it('spends, then blocks the next request in scope with a 429 naming the budget', async () => {
-    const h = setup();
+    const h = await setup();
     const first = h.meter.begin(h.input());
     expect(first.rejection).toBeUndefined();
     expect(first.upstreamHeaders.traceparent).toMatch(/^00-[0-9a-f]{32}-[0-9a-f]{16}-01$/);

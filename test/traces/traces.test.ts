@@ -27,9 +27,9 @@ afterEach(async () => {
   while (closers.length > 0) await closers.pop()!();
 });
 
-function memorySink(): { sink: OtelSink; exporter: InMemorySpanExporter } {
+async function memorySink(): Promise<{ sink: OtelSink; exporter: InMemorySpanExporter }> {
   const exporter = new InMemorySpanExporter();
-  const sink = createOtelSink({
+  const sink = await createOtelSink({
     env: {},
     captureContent: false,
     traceExporter: exporter,
@@ -43,7 +43,7 @@ function memorySink(): { sink: OtelSink; exporter: InMemorySpanExporter } {
 
 describe('trace sink with an in-memory exporter', () => {
   it('makes one CLIENT span per request, parented on the incoming traceparent, with §8 attributes', async () => {
-    const { sink, exporter } = memorySink();
+    const { sink, exporter } = await memorySink();
     const { start, record } = startAndRecord(
       { headers: INCOMING, app: 'chatbot', stream: true },
       {
@@ -100,7 +100,7 @@ describe('trace sink with an in-memory exporter', () => {
   });
 
   it('starts a new trace when there is no incoming traceparent', async () => {
-    const { sink, exporter } = memorySink();
+    const { sink, exporter } = await memorySink();
     const { start, record } = startAndRecord({ operation: 'messages', request_model: 'claude-sonnet-4' }, {});
     const handle = sink.begin(start);
     handle.end(record);
@@ -115,7 +115,7 @@ describe('trace sink with an in-memory exporter', () => {
   });
 
   it('honours an unsampled parent (no span exported, flags 00 propagated) and ignores a malformed traceparent', async () => {
-    const { sink, exporter } = memorySink();
+    const { sink, exporter } = await memorySink();
     const unsampled = startAndRecord(
       { headers: { traceparent: `00-${PARENT_TRACE}-${PARENT_SPAN}-00` } },
       {},
@@ -137,7 +137,7 @@ describe('trace sink with an in-memory exporter', () => {
   });
 
   it('marks errors, and leaves unknown usage and cost off the span (never zero)', async () => {
-    const { sink, exporter } = memorySink();
+    const { sink, exporter } = await memorySink();
     const { start, record } = startAndRecord(
       { request_model: null },
       {
@@ -175,7 +175,7 @@ describe('trace sink with an in-memory exporter', () => {
   });
 
   it('never puts ids of users or keys on spans', async () => {
-    const { sink, exporter } = memorySink();
+    const { sink, exporter } = await memorySink();
     const { start, record } = startAndRecord(
       { headers: { ...INCOMING, authorization: 'Bearer sk-secret' } },
       {},
@@ -186,7 +186,7 @@ describe('trace sink with an in-memory exporter', () => {
     expect(text).not.toMatch(/sk-secret|user-42|abcdef012345/);
   });
   it('write() without begin makes a root span named and attributed like begin(), minus server.*', async () => {
-    const { sink, exporter } = memorySink();
+    const { sink, exporter } = await memorySink();
     const { start, record } = startAndRecord({ headers: INCOMING, app: 'chatbot' }, {});
     sink.write(record);
     await sink.forceFlush();
@@ -207,8 +207,8 @@ describe('trace sink with an in-memory exporter', () => {
     expect(span!.attributes).not.toHaveProperty('server.port');
   });
 
-  it('OTEL_SDK_DISABLED turns tracing off even with an injected exporter', () => {
-    const sink = createOtelSink({
+  it('OTEL_SDK_DISABLED turns tracing off even with an injected exporter', async () => {
+    const sink = await createOtelSink({
       env: { OTEL_SDK_DISABLED: 'true' },
       captureContent: false,
       traceExporter: new InMemorySpanExporter(),
@@ -220,17 +220,17 @@ describe('trace sink with an in-memory exporter', () => {
 });
 
 describe('trace sink configuration from OTEL_* env', () => {
-  it('is off unless an OTLP endpoint or exporter is configured, and off when the SDK is disabled', () => {
-    const make = (env: NodeJS.ProcessEnv) =>
-      createOtelSink({ env, captureContent: false, log: SILENT_LOGGER, health: NOOP_HEALTH });
-    expect(make({})).toBeUndefined();
+  it('is off unless an OTLP endpoint or exporter is configured, and off when the SDK is disabled', async () => {
+    const make = async (env: NodeJS.ProcessEnv) =>
+      await createOtelSink({ env, captureContent: false, log: SILENT_LOGGER, health: NOOP_HEALTH });
+    expect(await make({})).toBeUndefined();
     expect(
-      make({ OTEL_TRACES_EXPORTER: 'none', OTEL_EXPORTER_OTLP_ENDPOINT: 'http://127.0.0.1:1' }),
+      await make({ OTEL_TRACES_EXPORTER: 'none', OTEL_EXPORTER_OTLP_ENDPOINT: 'http://127.0.0.1:1' }),
     ).toBeUndefined();
     expect(
-      make({ OTEL_SDK_DISABLED: 'true', OTEL_EXPORTER_OTLP_ENDPOINT: 'http://127.0.0.1:1' }),
+      await make({ OTEL_SDK_DISABLED: 'true', OTEL_EXPORTER_OTLP_ENDPOINT: 'http://127.0.0.1:1' }),
     ).toBeUndefined();
-    const on = make({ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://127.0.0.1:1' });
+    const on = await make({ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://127.0.0.1:1' });
     expect(on).toBeDefined();
     closers.push(() => on!.close());
   });
@@ -302,7 +302,7 @@ describe('OpenTelemetry sink failures and the other signals', () => {
 
     const health = countingHealth();
     const lines: string[] = [];
-    const sink = createOtelSink({
+    const sink = (await createOtelSink({
       env: {
         OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${port}`,
         OTEL_EXPORTER_OTLP_TIMEOUT: '2000',
@@ -311,7 +311,7 @@ describe('OpenTelemetry sink failures and the other signals', () => {
       log: createLogger('debug', (l) => lines.push(l)),
       health,
       closeTimeoutMs: 5000,
-    })!;
+    }))!;
     // begin/end are synchronous and return before any export is attempted.
     for (let i = 0; i < 20; i++) {
       const { start, record } = startAndRecord({ headers: INCOMING }, {});
@@ -331,12 +331,12 @@ describe('OpenTelemetry sink failures and the other signals', () => {
   });
 
   it('with traces off (metrics or logs only), begin() adds no header and no trace id', async () => {
-    const sink = createOtelSink({
+    const sink = (await createOtelSink({
       env: { OTEL_METRICS_EXPORTER: 'console', OTEL_METRIC_EXPORT_INTERVAL: '60000' },
       captureContent: false,
       log: SILENT_LOGGER,
       health: NOOP_HEALTH,
-    })!;
+    }))!;
     closers.push(() => sink.close());
     expect(sink.signals).toEqual({ traces: false, metrics: true, logs: false });
     const { start, record } = startAndRecord({ headers: INCOMING }, {});
