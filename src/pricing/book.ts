@@ -104,6 +104,16 @@ const OUTPUT_BILLED: ReadonlySet<Operation> = new Set([
  */
 const AUDIO_BILLED: ReadonlySet<Operation> = new Set(['realtime']);
 
+/** An entry group that may price a model, with the table it is in and the rule that found it. */
+interface Candidate {
+  group: EntryGroup;
+  table: IndexedTable;
+  kind: PriceMatchKind;
+}
+
+/** Model × upstream pairs whose candidate list is kept (then the cache starts over). */
+const CANDIDATE_CACHE_MAX = 4096;
+
 export class TablePriceBook implements BoundingPriceBook {
   private readonly user: IndexedTable[];
   private readonly presets: IndexedTable[];
@@ -113,6 +123,7 @@ export class TablePriceBook implements BoundingPriceBook {
   /** For an upstream name that is not configured: only unscoped tables apply. */
   private readonly unscopedTables: ApplicableTables;
   private readonly unpricedWarned = new Set<string>();
+  private readonly candidateCache = new Map<string, readonly Candidate[]>();
   /** Multiplier layers parsed once (§5.2): the upstream's own, `multipliers.upstream`, `.app`, `.model`. */
   private readonly ownMultipliers: Map<string, Dec>;
   private readonly upstreamMultipliers: Map<string, Dec>;
@@ -190,8 +201,31 @@ export class TablePriceBook implements BoundingPriceBook {
    * file order, wins. docs/pricing.md "Matching".
    */
   lookup(model: string, upstreamName: string, at: Date): PriceMatch | undefined {
-    const { user, presets } = this.applicable(upstreamName);
     const atMs = at.getTime();
+    for (const { group, table, kind } of this.candidates(model, upstreamName)) {
+      const inForce = group.history.find((e) => e.effectiveFromMs === undefined || e.effectiveFromMs <= atMs);
+      if (!inForce) continue;
+      return {
+        entry: inForce,
+        table: table.table,
+        origin: table.origin,
+        priceId: priceIdOf(table.table, inForce),
+        kind,
+      };
+    }
+    return undefined;
+  }
+
+  /**
+   * Every entry group that could price `model` on `upstreamName`, in precedence order; the first
+   * with an entry in force at the request's time wins (lookup). Cached per model and upstream: the
+   * names, rules and tables do not change while serving, and the same few models repeat.
+   */
+  private candidates(model: string, upstreamName: string): readonly Candidate[] {
+    const key = `${upstreamName}\u0000${model}`;
+    const cached = this.candidateCache.get(key);
+    if (cached !== undefined) return cached;
+    const { user, presets } = this.applicable(upstreamName);
     // Compared with the entries' names lower-cased: `gpt-4o` also finds an entry written `GPT-4o`.
     const folded = normalizedNames(model);
     const bases = folded.flatMap((n) => {
@@ -209,29 +243,23 @@ export class TablePriceBook implements BoundingPriceBook {
           t.globs.filter((g) => g.history[0]!.matches(model) || folded.some((n) => g.history[0]!.matches(n))),
       ],
     ];
+    const found: Candidate[] = [];
     for (const applicable of [user, presets]) {
       for (const perUpstream of [true, false]) {
-        for (const [kind, candidates] of rules) {
-          for (const t of applicable) {
-            for (const g of candidates(t)) {
-              if (perUpstream ? g.upstream !== upstreamName : g.upstream !== undefined) continue;
-              const inForce = g.history.find(
-                (e) => e.effectiveFromMs === undefined || e.effectiveFromMs <= atMs,
-              );
-              if (!inForce) continue;
-              return {
-                entry: inForce,
-                table: t.table,
-                origin: t.origin,
-                priceId: priceIdOf(t.table, inForce),
-                kind,
-              };
+        for (const [kind, groupsOf] of rules) {
+          for (const table of applicable) {
+            for (const group of groupsOf(table)) {
+              if (perUpstream ? group.upstream !== upstreamName : group.upstream !== undefined) continue;
+              found.push({ group, table, kind });
             }
           }
         }
       }
     }
-    return undefined;
+    // Bounded: model names come from traffic (capped at 256 characters each).
+    if (this.candidateCache.size >= CANDIDATE_CACHE_MAX) this.candidateCache.clear();
+    this.candidateCache.set(key, found);
+    return found;
   }
 
   /** Product of the multiplier stack for a request (§5.2), as an exact decimal. */
