@@ -6,9 +6,9 @@
  * gateway's per-request usage log is matched against the audit rows too (src/reconcile/import.ts).
  */
 import type { Command } from 'commander';
-import type Database from 'better-sqlite3';
 import { UsageError } from '../errors.js';
 import { formatReconcileTable, reconciliationToJson } from '../reconcile/format.js';
+import { reconcileImport, renderImportResult, type ImportOptions } from '../reconcile/import.js';
 import { buildReconciliation, type Reconciliation } from '../reconcile/reconcile.js';
 import { CONFIG_HELP, DB_HELP, openExistingDatabase, parseDurationMs, resolveDb, runAction } from './db.js';
 import { parseTimeBound } from './report.js';
@@ -29,36 +29,11 @@ export interface ReconcileCliOptions {
   matchWindow?: string;
 }
 
-/** The interface of src/reconcile/import.ts (per-request log import, written separately). */
-interface ImportOptions {
-  file: string;
-  format?: 'json' | 'csv';
-  quotaPerUsd?: number;
-  windowMs?: number;
-  upstream?: string;
-  fromMs?: number;
-  toMs?: number;
-}
-interface ImportModule {
-  reconcileImport(db: Database.Database, opts: ImportOptions): unknown;
-  renderImportResult(result: unknown, format: 'table' | 'json'): string;
-}
-
 /**
- * Loaded only when `--import` is given, through a computed specifier so this command builds and
- * runs while the import module is absent (it then says so instead of failing to start).
+ * The import's options. Its time bounds are the user's --since/--until only: without them the
+ * whole log is read (the 24h default is billed vs metered's window, and an exported log is usually
+ * older); the import then scopes the audit rows to the log's own time span.
  */
-async function loadImporter(): Promise<ImportModule> {
-  const specifier = '../reconcile/import.js';
-  try {
-    return (await import(specifier)) as ImportModule;
-  } catch (err) {
-    throw new UsageError(
-      `--import is not available in this build (${(err as Error).message.split('\n')[0]})`,
-    );
-  }
-}
-
 function importOptions(flags: ReconcileCliOptions, fromMs: number, toMs: number): ImportOptions {
   const format = flags.importFormat;
   if (format !== undefined && format !== 'json' && format !== 'csv')
@@ -77,8 +52,8 @@ function importOptions(flags: ReconcileCliOptions, fromMs: number, toMs: number)
     quotaPerUsd: quotaPerUsd ?? 500_000,
     windowMs: parseDurationMs(flags.matchWindow ?? '2m', '--match-window'),
     upstream: flags.upstream,
-    fromMs,
-    toMs,
+    fromMs: flags.since !== undefined ? fromMs : undefined,
+    toMs: flags.until !== undefined ? toMs : undefined,
   };
 }
 
@@ -96,22 +71,20 @@ export async function reconcileCommand(
   const toMs = flags.until !== undefined ? parseTimeBound(flags.until, '--until', nowMs) : nowMs;
   if (fromMs >= toMs) throw new UsageError('--since must be before --until');
   const importOpts = flags.import !== undefined ? importOptions(flags, fromMs, toMs) : undefined;
-  const importer = importOpts ? await loadImporter() : undefined;
   // --upstream may name an upstream no longer configured: the audit log still holds its rows.
   const { dbPath } = resolveDb(flags, env, cwd);
   const db = openExistingDatabase(dbPath);
   try {
     const r: Reconciliation = buildReconciliation(db, { fromMs, toMs, upstream: flags.upstream });
-    const imported = importer && importOpts ? importer.reconcileImport(db, importOpts) : undefined;
+    const imported = importOpts ? reconcileImport(db, importOpts) : undefined;
     if (format === 'json') {
       const doc: Record<string, unknown> = reconciliationToJson(r);
-      if (imported !== undefined && importer)
-        doc.import = JSON.parse(importer.renderImportResult(imported, 'json')) as unknown;
+      if (imported !== undefined) doc.import = JSON.parse(renderImportResult(imported, 'json')) as unknown;
       return JSON.stringify(doc, null, 2) + '\n';
     }
     let text = formatReconcileTable(r);
-    if (imported !== undefined && importer)
-      text += `\nimported usage log ${importOpts!.file}:\n${importer.renderImportResult(imported, 'table')}`;
+    if (imported !== undefined)
+      text += `\nimported usage log ${importOpts!.file}:\n${renderImportResult(imported, 'table')}`;
     return text;
   } finally {
     db.close();
@@ -125,7 +98,10 @@ export function register(program: Command): void {
     .option('--db <path>', DB_HELP)
     .option('--config <file>', CONFIG_HELP)
     .option('--upstream <name>', 'only this upstream')
-    .option('--since <when>', 'start: 24h, 7d, 2026-11-01 or an ISO timestamp', '24h')
+    .option(
+      '--since <when>',
+      'start: 24h, 7d, 2026-11-01 or an ISO timestamp (default: 24h; with --import and no --since/--until, the whole log)',
+    )
     .option('--until <when>', 'end, same forms as --since (default: now)')
     .option('--format <format>', 'table or json', 'table')
     .option('--import <file>', "also match a gateway's per-request usage log against the audit rows")

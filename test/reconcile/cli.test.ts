@@ -46,4 +46,19 @@ describe('tokenmeter reconcile flags', () => {
     expect(doc).toHaveProperty('import');
     expect(doc.lines).toEqual([]);
   });
+
+  it('--import without --since/--until reads the whole log, however old (the 24h default is for billed vs metered)', async () => {
+    const file = join(ROOT, 'test/fixtures/usage-logs/usage-log.csv');
+    const doc = JSON.parse(await run({ import: file, format: 'json' })) as {
+      import: { counts: { outside_window: number; consumption: number }; settings: { from_ms: unknown } };
+    };
+    expect(doc.import.counts.outside_window).toBe(0);
+    expect(doc.import.counts.consumption).toBeGreaterThan(0);
+    expect(doc.import.settings.from_ms).toBeNull();
+    // An explicit --since still bounds it.
+    const bounded = JSON.parse(await run({ import: file, format: 'json', since: '24h' })) as {
+      import: { counts: { outside_window: number } };
+    };
+    expect(bounded.import.counts.outside_window).toBeGreaterThan(0);
+  });
 });
