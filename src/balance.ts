@@ -49,10 +49,23 @@ export function parseBalance(body: unknown): { currency: string; amount: number 
   return { currency: b.currency, amount };
 }
 
+/**
+ * The upstreams this poller polls: those with `balance:`, except where a `billing:` source of kind
+ * `balance` or `balance_delta` already polls the balance endpoint (src/reconcile/poller.ts) and
+ * sets the same gauge. One poll per interval, one writer of the gauge (docs/reconcile.md).
+ */
+export function balancePollTargets(upstreams: readonly UpstreamSettings[]): UpstreamSettings[] {
+  return upstreams.filter(
+    (u) =>
+      u.balance !== undefined &&
+      !(u.billing ?? []).some((b) => b.source === 'balance' || b.source === 'balance_delta'),
+  );
+}
+
 export function startBalancePoller(opts: BalancePollerOptions): BalancePoller {
   const fetchImpl = opts.fetchImpl ?? fetch;
   const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
-  const targets = opts.upstreams.filter((u) => u.balance !== undefined);
+  const targets = balancePollTargets(opts.upstreams);
   const failing = new Set<string>();
   const timers: NodeJS.Timeout[] = [];
   let stopped = false;

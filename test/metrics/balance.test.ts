@@ -1,7 +1,13 @@
 import { createServer, type IncomingHttpHeaders } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { balanceUrl, parseBalance, startBalancePoller, type BalancePoller } from '../../src/balance.js';
+import {
+  balancePollTargets,
+  balanceUrl,
+  parseBalance,
+  startBalancePoller,
+  type BalancePoller,
+} from '../../src/balance.js';
 import type { UpstreamSettings } from '../../src/config/types.js';
 import { createLogger } from '../../src/log.js';
 import { createMetricsSink } from '../../src/sinks/metrics.js';
@@ -146,6 +152,30 @@ describe('upstream balance poller', () => {
     expect(
       lines.filter((l) => l.includes('balance poll failed') && l.includes('"upstream":"gone"')),
     ).toHaveLength(1);
+  });
+
+  it('leaves an upstream whose billing: source polls the balance to that poller (one poll, one gauge writer)', async () => {
+    const gw = await fakeGateway();
+    const billing = (source: 'balance' | 'balance_delta' | 'oneapi') => [
+      { source, intervalMs: 60_000, apiKey: KEY, quotaPerUnit: 500_000, windowMs: 86_400_000 },
+    ];
+    // One balance path per upstream, so the gateway's hits say who was polled.
+    const cfg = (name: string) => ({ path: `/${name}/balance`, intervalMs: 60_000, apiKey: KEY });
+    const make = (name: string, source?: 'balance' | 'balance_delta' | 'oneapi') => ({
+      ...upstream(name, `${gw.url}/v1`, cfg(name)),
+      ...(source ? { billing: billing(source) } : {}),
+    });
+    const all = [
+      make('both', 'balance'),
+      make('delta', 'balance_delta'),
+      make('other', 'oneapi'),
+      make('only'),
+    ];
+    expect(balancePollTargets(all).map((u) => u.name)).toEqual(['other', 'only']);
+    // Started with all four, the poller hits the gateway for those two only.
+    const { poller } = harness(all);
+    await poller.pollNow();
+    expect(new Set(gw.hits.map((h) => h.path))).toEqual(new Set(['/v1/other/balance', '/v1/only/balance']));
   });
 
   it('joins the balance path like proxied paths: absolute URLs kept, upstream query dropped', () => {
