@@ -10,8 +10,23 @@ export function joinUpstreamPath(upstream: URL, incomingPathAndQuery: string): s
   const q = incomingPathAndQuery.indexOf('?');
   const incomingPath = q === -1 ? incomingPathAndQuery : incomingPathAndQuery.slice(0, q);
   const query = q === -1 ? '' : incomingPathAndQuery.slice(q);
+  // The same few paths repeat on every request: the join is computed once per upstream and path.
+  const key = `${upstream.pathname}\u0000${incomingPath}`;
+  let joined = joinedPaths.get(key);
+  if (joined === undefined) {
+    joined = joinPaths(upstream.pathname, incomingPath);
+    // Bounded: paths come from traffic.
+    if (joinedPaths.size >= JOINED_PATHS_MAX) joinedPaths.clear();
+    joinedPaths.set(key, joined);
+  }
+  return joined + query;
+}
 
-  const base = upstream.pathname.split('/').filter((s) => s !== '');
+const JOINED_PATHS_MAX = 4096;
+const joinedPaths = new Map<string, string>();
+
+function joinPaths(upstreamPath: string, incomingPath: string): string {
+  const base = upstreamPath.split('/').filter((s) => s !== '');
   const trailingSlash = incomingPath.length > 1 && incomingPath.endsWith('/');
   const incoming = incomingPath.split('/').filter((s) => s !== '');
 
@@ -30,5 +45,5 @@ export function joinUpstreamPath(upstream: URL, incomingPathAndQuery: string): s
     }
   }
   const segments = [...base, ...incoming.slice(overlap)];
-  return '/' + segments.join('/') + (trailingSlash && segments.length > 0 ? '/' : '') + query;
+  return '/' + segments.join('/') + (trailingSlash && segments.length > 0 ? '/' : '');
 }
