@@ -50,7 +50,10 @@ describe.skipIf(!available && process.env.CI !== 'true')('the console in Chromiu
       if (m.type() === 'error' || m.type() === 'warning') problems.push(m.text());
     });
     page.on('pageerror', (e) => problems.push(e.message));
-    page.on('requestfailed', (r) => problems.push(`failed: ${r.url()}`));
+    // A fetch cut short by the test's own navigation (net::ERR_ABORTED) is not a page problem.
+    page.on('requestfailed', (r) => {
+      if (r.failure()?.errorText !== 'net::ERR_ABORTED') problems.push(`failed: ${r.url()}`);
+    });
   });
   afterAll(async () => {
     await browser?.close();
@@ -90,13 +93,17 @@ describe.skipIf(!available && process.env.CI !== 'true')('the console in Chromiu
       .map((r) => r.id);
     expect(want.length).toBeGreaterThan(0);
     expect(want.length).toBeLessThan(rows.length);
-    await page.waitForFunction(
-      `document.querySelectorAll('#requests tbody tr[data-id]').length === ${want.length}`,
-    );
-    const ids = await page.$$eval('#requests tbody tr[data-id]', (trs) =>
-      trs.map((t) => t.getAttribute('data-id')),
-    );
-    expect(ids).toEqual(want);
+    // Wait for the filtered table itself (the page re-renders on the hash change, and a busy
+    // machine may show the previous table for a while), then check it.
+    await page.waitForURL(/app=beta/);
+    // Polled from here, not with a string predicate in the page: the console's CSP (no
+    // 'unsafe-eval') refuses page.waitForFunction's string form whenever it has to poll.
+    await expect
+      .poll(
+        () => page.$$eval('#requests tbody tr[data-id]', (trs) => trs.map((t) => t.getAttribute('data-id'))),
+        { timeout: 15_000 },
+      )
+      .toEqual(want);
     expect(page.url()).toContain('app=beta');
   });
 
