@@ -12,6 +12,7 @@ import type { Settings } from './config/types.js';
 import type { Logger } from './log.js';
 import { createMeter } from './meter/index.js';
 import type { Meter } from './meter/types.js';
+import { startShipper, type Shipper } from './fleet/shipper.js';
 import { startBillingPoller } from './reconcile/poller.js';
 import { priceBookFor, type TablePriceBook } from './pricing/index.js';
 import { openAuditLog, type AuditSink } from './sinks/audit/index.js';
@@ -136,6 +137,16 @@ export async function buildRuntime(
     onOverhead: (upstream, seconds) => metricsSink.overhead(upstream, seconds),
   });
 
+  // Fleet mode (docs/fleet.md): ship the audit log to Postgres in the background, off the request path.
+  let shipper: Shipper | undefined;
+  if (settings.fleet) {
+    if (settings.db === null || settings.db === ':memory:') {
+      log.warn('fleet.postgres needs an audit DB file to ship from; the shipper is off', {});
+    } else {
+      shipper = startShipper({ dbPath: settings.db, fleet: settings.fleet, metrics: metricsSink.fleet, log });
+    }
+  }
+
   const poller = startBalancePoller({ upstreams: settings.upstreams, metrics: metricsSink, log });
   // Billed vs metered (docs/reconcile.md): snapshots into the audit log, billed and drift metrics.
   const billing = startBillingPoller({
@@ -169,6 +180,8 @@ export async function buildRuntime(
           log.error('sink failed to close', { sink: sinks[i]?.name, error: String(r.reason) });
         }
       });
+      // After the audit flush; rows written last ship at the next start (the mark is on disk).
+      await shipper?.stop();
     },
   };
 }

@@ -6,12 +6,19 @@
  * need not be written in the file; a missing variable is a problem at its line.
  */
 import { existsSync, readFileSync } from 'node:fs';
+import { hostname } from 'node:os';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { isMap, isScalar, isSeq, LineCounter, parseDocument, visit, type Node } from 'yaml';
 import type { ZodIssue } from 'zod';
 import { ConfigError, type SourceProblem } from '../errors.js';
-import { ConfigFile, type UpstreamConfig } from './schema.js';
-import { DEFAULTS, type LogLevel, type Settings, type UpstreamSettings } from './types.js';
+import { ConfigFile, PG_URL, type UpstreamConfig } from './schema.js';
+import {
+  DEFAULTS,
+  type FleetSettings,
+  type LogLevel,
+  type Settings,
+  type UpstreamSettings,
+} from './types.js';
 
 /** Options as parsed from the command line (commander); all optional. */
 export interface CliFlags {
@@ -221,6 +228,30 @@ function billingSettings(cfg: UpstreamConfig['billing']): UpstreamSettings['bill
 }
 
 /**
+ * `fleet:` with defaults; TOKENMETER_PG_URL wins over `fleet.postgres.url` (env > file, like
+ * TOKENMETER_AUTH_TOKEN, so the password can stay out of the file) and alone turns fleet mode on.
+ */
+function fleetSettings(cfg: ConfigFile['fleet'], env: NodeJS.ProcessEnv): FleetSettings | undefined {
+  const envUrl = env.TOKENMETER_PG_URL || undefined;
+  const url = envUrl ?? cfg?.postgres?.url;
+  if (url === undefined) return undefined;
+  // Never echo the value: it holds the password.
+  if (envUrl !== undefined && !PG_URL.test(envUrl))
+    throw usage('TOKENMETER_PG_URL: expected a postgres:// or postgresql:// URL');
+  const d = DEFAULTS.fleet;
+  const pg = cfg?.postgres;
+  return {
+    host: cfg?.host ?? hostname(),
+    postgres: {
+      url,
+      poolSize: pg?.pool_size ?? d.poolSize,
+      shipIntervalMs: pg?.ship_interval ?? d.shipIntervalMs,
+      batchSize: pg?.batch_size ?? d.batchSize,
+    },
+  };
+}
+
+/**
  * @param flags options from the command line
  * @param env   the process environment (TOKENMETER_* and ${VAR} references)
  * @param cwd   directory for relative paths given on the command line / env, and for ./tokenmeter.yaml
@@ -378,5 +409,6 @@ export function loadSettings(flags: CliFlags, env: NodeJS.ProcessEnv, cwd: strin
     budgets: cfg.budgets ?? [],
     limits,
     traces: { captureContent: cfg.traces?.capture_content ?? false },
+    fleet: fleetSettings(cfg.fleet, env),
   };
 }

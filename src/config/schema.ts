@@ -180,6 +180,9 @@ export const FxRate = z
   })
   .strict();
 
+/** A PostgreSQL connection URL (the `pg` client's form). */
+export const PG_URL = /^postgres(ql)?:\/\/\S+$/;
+
 export const ConfigFile = z
   .object({
     host: z.string().optional(),
@@ -239,6 +242,26 @@ export const ConfigFile = z
         client_request_timeout: Duration.optional(),
         client_keep_alive_timeout: Duration.optional(),
         max_connections: z.number().int().positive().optional(),
+      })
+      .strict()
+      .optional(),
+
+    /** Fleet mode (docs/fleet.md, issue 14): ship the audit log into a shared PostgreSQL. */
+    fleet: z
+      .object({
+        /** This sidecar's name in the fleet's tables; default: the machine's hostname. */
+        host: z.string().min(1).max(255).optional(),
+        postgres: z
+          .object({
+            // The message never repeats the value: the URL carries the password.
+            url: z.string().refine((v) => PG_URL.test(v), 'expected a postgres:// or postgresql:// URL'),
+            pool_size: z.number().int().positive().max(100).optional(),
+            ship_interval: Duration.optional(),
+            // At most 1000: one multi-row INSERT of 45 columns stays under Postgres's 65535 parameters.
+            batch_size: z.number().int().positive().max(1000).optional(),
+          })
+          .strict()
+          .optional(),
       })
       .strict()
       .optional(),

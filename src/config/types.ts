@@ -90,6 +90,20 @@ export interface Settings {
     maxConnections: number;
   };
   traces: { captureContent: boolean };
+  /** Fleet mode (docs/fleet.md); absent: a single tokenmeter, no server needed. */
+  fleet?: FleetSettings;
+}
+
+export interface FleetSettings {
+  /** This sidecar's name in the shared tables (`host` column). */
+  host: string;
+  postgres: {
+    /** Contains the password: print only through `redactUrl` (src/fleet/redact.ts). */
+    url: string;
+    poolSize: number;
+    shipIntervalMs: number;
+    batchSize: number;
+  };
 }
 
 export const DEFAULTS = {
@@ -122,6 +136,11 @@ export const DEFAULTS = {
   },
   balanceIntervalMs: 300_000,
   balancePath: '/v1/balance',
+  fleet: {
+    poolSize: 4,
+    shipIntervalMs: 1_000,
+    batchSize: 500,
+  },
   billing: {
     intervalMs: 300_000,
     quotaPerUnit: 500_000,

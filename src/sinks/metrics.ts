@@ -55,6 +55,16 @@ export interface MetricsSink extends Sink, HealthCounters {
   /** Where the budget gauges read from at scrape time (budgets' status()). */
   setBudgetSource(source: () => readonly BudgetStatus[]): void;
   render(): Promise<{ contentType: string; body: string }>;
+  /** The fleet shipper's health (src/fleet/shipper.ts, docs/fleet.md). */
+  readonly fleet: FleetShipMetrics;
+}
+
+export interface FleetShipMetrics {
+  /** Rows in the local audit log not yet committed to Postgres. */
+  lag(rows: number): void;
+  shipped(rows: number): void;
+  /** One failed attempt (connect, migrate or batch); rows stay local and are retried. */
+  failure(): void;
 }
 
 /** Longest model label kept; longer names are cut (a model name this long is almost surely junk). */
@@ -250,6 +260,24 @@ export function createMetricsSink(opts: MetricsSinkOptions): MetricsSink {
     name: METRIC.auditDropped,
     help: 'Records dropped because the audit queue was full.',
     labelNames: LABELS.auditDropped,
+    registers: reg,
+  });
+  const fleetShipLag = new Gauge({
+    name: METRIC.fleetShipLag,
+    help: 'Audit log rows not yet shipped to the fleet Postgres.',
+    labelNames: LABELS.fleetShipLag,
+    registers: reg,
+  });
+  const fleetShipped = new Counter({
+    name: METRIC.fleetShipped,
+    help: 'Audit log rows committed to the fleet Postgres.',
+    labelNames: LABELS.fleetShipped,
+    registers: reg,
+  });
+  const fleetShipFailures = new Counter({
+    name: METRIC.fleetShipFailures,
+    help: 'Failed attempts to ship audit rows to the fleet Postgres (rows stay local and are retried).',
+    labelNames: LABELS.fleetShipFailures,
     registers: reg,
   });
   const internalErrors = new Counter({
@@ -489,6 +517,12 @@ export function createMetricsSink(opts: MetricsSinkOptions): MetricsSink {
 
     async render() {
       return { contentType: registry.contentType, body: await registry.metrics() };
+    },
+
+    fleet: {
+      lag: (rows) => fleetShipLag.set(rows),
+      shipped: (rows) => fleetShipped.inc(rows),
+      failure: () => fleetShipFailures.inc(),
     },
   };
   return sink;

@@ -44,6 +44,7 @@ describe('alert rules: static checks', () => {
       'TokenmeterBudgetProjectedOverspend',
       'TokenmeterBudgetWarning',
       'TokenmeterDown',
+      'TokenmeterFleetShipLagGrowing',
       'TokenmeterInsufficientQuota',
       'TokenmeterUnpricedModel',
       'TokenmeterUpstreamBalanceLow',
