@@ -12,6 +12,7 @@ import type { Settings } from './config/types.js';
 import type { Logger } from './log.js';
 import { createMeter } from './meter/index.js';
 import type { Meter } from './meter/types.js';
+import { openPgBudgetLedger, type PgBudgetLedger } from './fleet/budget-ledger.js';
 import { startShipper, type Shipper } from './fleet/shipper.js';
 import { startBillingPoller } from './reconcile/poller.js';
 import { priceBookFor, type TablePriceBook } from './pricing/index.js';
@@ -90,6 +91,13 @@ export async function buildRuntime(
     upstreamHosts: Object.fromEntries(settings.upstreams.map((u) => [u.name, u.url.hostname])),
   });
 
+  // Fleet mode with a block budget: its reservations and settlements go to the fleet Postgres too
+  // (docs/fleet.md, Shared budgets). The pool connects lazily, on the first gated request.
+  const sharedBudgets: PgBudgetLedger | undefined =
+    settings.fleet && settings.budgets.some((b) => b.action === 'block')
+      ? openPgBudgetLedger({ fleet: settings.fleet, metrics: metricsSink.fleetBudgets, log })
+      : undefined;
+
   let budgets: Budgets | undefined;
   try {
     budgets =
@@ -100,11 +108,13 @@ export async function buildRuntime(
             priceBook,
             fx: settings.fx,
             maxRequestBodyBytes: settings.limits.maxRequestBody,
+            shared: sharedBudgets,
             log,
           })
         : undefined;
   } catch (err) {
     // A block budget that cannot read its period-to-date spend refuses to start (fails closed).
+    await sharedBudgets?.close();
     await audit?.close();
     await otel?.close();
     throw err;
@@ -143,7 +153,13 @@ export async function buildRuntime(
     if (settings.db === null || settings.db === ':memory:') {
       log.warn('fleet.postgres needs an audit DB file to ship from; the shipper is off', {});
     } else {
-      shipper = startShipper({ dbPath: settings.db, fleet: settings.fleet, metrics: metricsSink.fleet, log });
+      shipper = startShipper({
+        dbPath: settings.db,
+        fleet: settings.fleet,
+        metrics: metricsSink.fleet,
+        log,
+        retentionDays: settings.retentionDays,
+      });
     }
   }
 
@@ -182,6 +198,8 @@ export async function buildRuntime(
       });
       // After the audit flush; rows written last ship at the next start (the mark is on disk).
       await shipper?.stop();
+      // After the sinks: the last records' settlements are on their way (bounded wait).
+      await sharedBudgets?.close();
     },
   };
 }

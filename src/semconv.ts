@@ -30,6 +30,10 @@ export const METRIC = {
   fleetShipLag: 'tokenmeter_fleet_ship_lag_rows',
   fleetShipped: 'tokenmeter_fleet_shipped_rows_total',
   fleetShipFailures: 'tokenmeter_fleet_ship_failures_total',
+  // Shared budgets (docs/fleet.md, Shared budgets): gate decisions taken from the host's own view
+  // because the fleet ledger was unreachable, and settlements that could not be written.
+  fleetBudgetFallback: 'tokenmeter_fleet_budget_fallback_total',
+  fleetBudgetSettleFailures: 'tokenmeter_fleet_budget_settle_failures_total',
   internalErrors: 'tokenmeter_internal_errors_total',
   sseOversizeEvents: 'tokenmeter_sse_oversize_events_total',
   proxyOverhead: 'tokenmeter_proxy_overhead_seconds',
@@ -63,6 +67,9 @@ export const LABELS = {
   fleetShipLag: [],
   fleetShipped: [],
   fleetShipFailures: [],
+  // Budget names are bounded by config, so they are safe labels.
+  fleetBudgetFallback: ['budget'],
+  fleetBudgetSettleFailures: ['budget'],
   internalErrors: ['component'],
   sseOversizeEvents: ['upstream'],
   proxyOverhead: ['upstream'],

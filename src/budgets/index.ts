@@ -31,11 +31,14 @@ import {
   type BoundDetail,
 } from './messages.js';
 import type {
+  BudgetBlock,
   BudgetDecision,
   BudgetGate,
   BudgetRequest,
   BudgetReservation,
   BudgetStatus,
+  SharedBudgetLedger,
+  SharedHold,
   SpendFilter,
 } from './types.js';
 import { assertTimeZone } from './window.js';
@@ -46,6 +49,9 @@ export type {
   BudgetRequest,
   BudgetReservation,
   BudgetStatus,
+  SharedBudgetLedger,
+  SharedHold,
+  SharedVerdict,
   SpendFilter,
 } from './types.js';
 export { periodWindow, type Period, type PeriodWindow } from './window.js';
@@ -68,6 +74,11 @@ export interface BudgetsOptions {
   fx?: readonly FxRate[];
   /** `limits.max_request_body`, named in the message that refuses an unreadable body. */
   maxRequestBodyBytes?: number;
+  /**
+   * Fleet mode (docs/fleet.md, Shared budgets): block budgets also reserve in the fleet's books.
+   * Absent for a single tokenmeter, whose gate stays synchronous.
+   */
+  shared?: SharedBudgetLedger;
   now?: () => number;
   log: Logger;
 }
@@ -77,7 +88,40 @@ export interface Budgets extends BudgetGate {
   status(): BudgetStatus[];
 }
 
-type Blocked = Extract<BudgetDecision, { blocked: true }>;
+type Blocked = BudgetBlock;
+
+/**
+ * Default `on_unreachable` of a shared block budget: `local`. A fleet Postgres outage must not
+ * become an outage of every app's LLM traffic (telemetry never breaks the app, DESIGN.md §12);
+ * each host still enforces the limit against its own spend meanwhile. `block` is for hard caps.
+ */
+const DEFAULT_ON_UNREACHABLE = 'local';
+
+/** A request's share in the fleet's books: settled after the local one, once the reserve answered. */
+class SharedShare {
+  reserved = false;
+  pending: Promise<unknown> | undefined;
+
+  constructor(
+    readonly ledger: SharedBudgetLedger,
+    readonly id: string,
+    readonly holds: ReadonlyArray<{ ledger: BudgetLedger; shared: SharedHold }>,
+  ) {}
+
+  settle(record: RequestRecord): void {
+    const costs = this.holds.map(({ ledger: b, shared }) => ({ hold: shared, cost: costIn(b, record) }));
+    // Settle after the reserve answered (a client that left mid-reserve ends the request first).
+    const go = () => this.ledger.settle(this.id, this.reserved, costs);
+    if (this.pending) void this.pending.then(go);
+    else go();
+  }
+}
+
+/** The record's real cost in b's currency, 0n when it does not count there or is unpriced. */
+function costIn(b: BudgetLedger, record: RequestRecord): bigint {
+  if (record.cost_nanos === null || record.currency === null || !b.counts(record)) return 0n;
+  return b.inOwnCurrency(BigInt(record.cost_nanos), record.currency, utcDay(record.ts_start)) ?? 0n;
+}
 
 /** Releases the request's holds and adds its real cost to the budgets it counts towards, once. */
 class Reservation implements BudgetReservation {
@@ -87,6 +131,7 @@ class Reservation implements BudgetReservation {
     private readonly holds: Hold[],
     private readonly countsTowards: BudgetLedger[],
     private readonly now: () => number,
+    private readonly shared?: SharedShare,
   ) {}
 
   settle(record: RequestRecord): void {
@@ -96,6 +141,7 @@ class Reservation implements BudgetReservation {
     for (const h of this.holds) h.ledger.release(h);
     const t = this.now();
     for (const b of this.countsTowards) b.add(record, t);
+    this.shared?.settle(record);
   }
 }
 
@@ -220,6 +266,40 @@ export function createBudgets(opts: BudgetsOptions): Budgets {
     return gates.map((b, i) => b.hold(amounts[i]!));
   }
 
+  /**
+   * Fleet mode: admitted by this host's own view (holds taken), now also by the fleet's books. The
+   * local holds stay until settle, so the host's view keeps counting its own requests in flight.
+   */
+  function reserveShared(
+    shared: SharedBudgetLedger,
+    start: RequestStart,
+    holds: Hold[],
+    countsTowards: BudgetLedger[],
+  ): BudgetDecision {
+    const share = new SharedShare(
+      shared,
+      start.id,
+      holds.map((h) => ({ ledger: h.ledger, shared: sharedHold(h) })),
+    );
+    const reservation = new Reservation(holds, countsTowards, now, share);
+    const pending = shared
+      .reserve(
+        start.id,
+        share.holds.map((h) => h.shared),
+      )
+      .then((v): Blocked | undefined => {
+        if (v.admitted) {
+          share.reserved = v.reserved;
+          return undefined;
+        }
+        return { blocked: true, budget: v.budget, reason: 'exhausted', message: v.message };
+      })
+      // The ledger never rejects by contract; if it did, this host's own view has admitted it.
+      .catch(() => undefined);
+    share.pending = pending;
+    return { blocked: false, reservation, pending };
+  }
+
   return {
     check(start: RequestStart, request: BudgetRequest): BudgetDecision {
       const t = now();
@@ -242,6 +322,8 @@ export function createBudgets(opts: BudgetsOptions): Budgets {
         if (!Array.isArray(admitted)) return admitted;
         holds = admitted;
       }
+      if (opts.shared && holds.length > 0)
+        return reserveShared(opts.shared, start, holds, countsTowards ?? []);
       return { blocked: false, reservation: new Reservation(holds, countsTowards ?? [], now) };
     },
 
@@ -249,6 +331,22 @@ export function createBudgets(opts: BudgetsOptions): Budgets {
       const t = now();
       return ledgers.map((b) => statusOf(b, t));
     },
+  };
+}
+
+function sharedHold(h: Hold): SharedHold {
+  const b = h.ledger;
+  return {
+    budget: b.name,
+    periodStart: b.window.start,
+    periodEnd: b.window.end,
+    periodKey: b.window.startDate,
+    period: b.config.period,
+    timezone: b.timezone,
+    currency: b.currency,
+    limit: b.limit,
+    amount: h.amount,
+    onUnreachable: b.config.on_unreachable ?? DEFAULT_ON_UNREACHABLE,
   };
 }
 

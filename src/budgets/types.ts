@@ -17,8 +17,54 @@ export interface BudgetRequest {
  * cost cannot be bounded: the meter answers 413. `message` names the budget and what to do.
  */
 export type BudgetDecision =
-  | { blocked: false; reservation?: BudgetReservation }
-  | { blocked: true; budget: string; message: string; reason: 'exhausted' | 'unmeterable' };
+  | {
+      blocked: false;
+      reservation?: BudgetReservation;
+      /**
+       * Fleet mode only (a shared block budget gates the request): the fleet ledger's verdict. The
+       * request must not be forwarded before it resolves; a blocked verdict refuses it like a local
+       * one. Never rejects. Absent for a single tokenmeter: its gate stays synchronous.
+       */
+      pending?: Promise<BudgetBlock | undefined>;
+    }
+  | BudgetBlock;
+
+export interface BudgetBlock {
+  blocked: true;
+  budget: string;
+  message: string;
+  reason: 'exhausted' | 'unmeterable';
+}
+
+/** One block budget's share of a request, as the fleet ledger (src/fleet/budget-ledger.ts) needs it. */
+export interface SharedHold {
+  budget: string;
+  /** The period the hold belongs to: start epoch ms and its local start date. */
+  periodStart: number;
+  periodKey: string;
+  periodEnd: number;
+  timezone: string;
+  period: 'day' | 'week' | 'month';
+  currency: string;
+  limit: bigint;
+  /** The request's bound in the budget's currency (0n when unpriced). */
+  amount: bigint;
+  onUnreachable: 'local' | 'block';
+}
+
+/**
+ * The fleet's shared books for block budgets (issue 14). Budgets never import Postgres: the
+ * runtime injects this in fleet mode. Both methods never throw or reject.
+ */
+export interface SharedBudgetLedger {
+  /** Reserves every hold in one transaction, or says which budget has no room (or cannot be asked). */
+  reserve(id: string, holds: readonly SharedHold[]): Promise<SharedVerdict>;
+  /** In the background: drops the reservation (if one was taken) and adds each budget's real cost. */
+  settle(id: string, reserved: boolean, costs: ReadonlyArray<{ hold: SharedHold; cost: bigint }>): void;
+}
+
+export type SharedVerdict =
+  { admitted: true; reserved: boolean } | { admitted: false; budget: string; message: string };
 
 /**
  * Returned whenever any budget (alert or block) has the request in scope. The meter calls

@@ -9,6 +9,8 @@ import type Database from 'better-sqlite3';
 import { loadSettings } from '../config/load.js';
 import type { Settings } from '../config/types.js';
 import { ConfigError, TokenmeterError, UsageError } from '../errors.js';
+import { withFleet } from '../fleet/connect.js';
+import { pruneFleetBefore } from '../fleet/queries.js';
 import { openAndMigrate, openDatabase, pruneBefore } from '../sinks/audit/migrations.js';
 
 /** Flags every audit-log command accepts. */
@@ -96,6 +98,24 @@ export function pruneCommand(
   }
 }
 
+/**
+ * `db prune --fleet --older-than 90d`: the same cutoff applied to the fleet Postgres `requests`
+ * (every host's rows), in bounded batches. Serve's shipper does this on its own with retention_days.
+ */
+export async function pruneFleetCommand(
+  flags: DbFlags & { olderThan: string; fleet?: boolean },
+  env: NodeJS.ProcessEnv = process.env,
+  cwd: string = process.cwd(),
+  nowMs: number = Date.now(),
+): Promise<string> {
+  const olderThan = flags.olderThan;
+  const ms = parseDurationMs(olderThan, '--older-than');
+  const settings = loadSettings({ config: flags.config, db: flags.db }, env, cwd);
+  const cutoff = nowMs - ms;
+  const deleted = await withFleet(settings, (client) => pruneFleetBefore(client, cutoff));
+  return `pruned ${deleted} fleet rows older than ${olderThan} (ts_start before ${new Date(cutoff).toISOString()})\n`;
+}
+
 export function migrateCommand(
   flags: DbFlags,
   env: NodeJS.ProcessEnv = process.env,
@@ -122,9 +142,10 @@ export function register(program: Command): void {
     .requiredOption('--older-than <duration>', 'e.g. 90d, 24h')
     .option('--db <path>', DB_HELP)
     .option('--config <file>', CONFIG_HELP)
-    .action((opts: DbFlags & { olderThan: string }) =>
-      runAction(() => {
-        process.stdout.write(pruneCommand(opts));
+    .option('--fleet', 'prune the fleet Postgres (fleet.postgres.url / TOKENMETER_PG_URL) instead')
+    .action((opts: DbFlags & { olderThan: string; fleet?: boolean }) =>
+      runAction(async () => {
+        process.stdout.write(opts.fleet === true ? await pruneFleetCommand(opts) : pruneCommand(opts));
       }),
     );
   dbCmd

@@ -7,10 +7,16 @@
  */
 import type { Command } from 'commander';
 import type Database from 'better-sqlite3';
+import type pg from 'pg';
 import type { FxRate } from '../config/schema.js';
+import { loadSettings } from '../config/load.js';
+import type { Settings } from '../config/types.js';
 import { UsageError } from '../errors.js';
+import { withFleet, type FleetConnectOptions } from '../fleet/connect.js';
+import { queryFleetReport, queryFleetSpendByDay } from '../fleet/queries.js';
 import { convertNanos, formatNanos, nanosToDecimalText } from '../pricing/money.js';
 import {
+  FLEET_REPORT_DIMENSIONS,
   REPORT_DIMENSIONS,
   TOKEN_COLUMNS,
   queryReport,
@@ -69,32 +75,45 @@ export function parseTimeBound(text: string, flag: string, nowMs: number): numbe
   );
 }
 
-export function parseBy(text: string | undefined): ReportDimension[] {
+export function parseBy(
+  text: string | undefined,
+  allowed: readonly ReportDimension[] = REPORT_DIMENSIONS,
+): ReportDimension[] {
   if (text === undefined || text.trim() === '') return [];
   const dims = text.split(',').map((s) => s.trim());
   for (const d of dims) {
-    if (!(REPORT_DIMENSIONS as readonly string[]).includes(d)) {
+    if (!(allowed as readonly string[]).includes(d)) {
+      const hint = d === 'host' ? ' (host needs --fleet)' : '';
       throw new UsageError(
-        `--by: unknown dimension ${JSON.stringify(d)}; use any of ${REPORT_DIMENSIONS.join(',')}`,
+        `--by: unknown dimension ${JSON.stringify(d)}${hint}; use any of ${allowed.join(',')}`,
       );
     }
   }
   return [...new Set(dims as ReportDimension[])];
 }
 
-export function buildReport(db: Database.Database, opts: ReportOptions): Report {
+/** What a report is computed from: the same three queries over either store. */
+export interface ReportData {
+  groups: ReportRow[];
+  totals: ReportRow[];
+  /** Only read when a report currency is asked for. */
+  spendByDay: Array<{ day: string; currency: string; cost_nanos: bigint }>;
+}
+
+/** The one assembly of a report, whichever store the rows came from. */
+export function assembleReport(opts: ReportOptions, data: ReportData): Report {
   const report: Report = {
     fromMs: opts.fromMs,
     toMs: opts.toMs,
     by: opts.by,
-    groups: opts.by.length > 0 ? queryReport(db, { fromMs: opts.fromMs, toMs: opts.toMs, by: opts.by }) : [],
-    totals: queryReport(db, { fromMs: opts.fromMs, toMs: opts.toMs, by: [] }),
+    groups: data.groups,
+    totals: data.totals,
   };
   if (opts.reportCurrency !== undefined) {
     const target = opts.reportCurrency;
     let total = 0n;
     const unconverted = new Set<string>();
-    for (const d of querySpendByDay(db, opts.fromMs, opts.toMs)) {
+    for (const d of data.spendByDay) {
       const converted = convertNanos(d.cost_nanos, d.currency, target, opts.fx ?? [], d.day);
       if (converted === null) unconverted.add(d.currency);
       else total += converted;
@@ -102,6 +121,27 @@ export function buildReport(db: Database.Database, opts: ReportOptions): Report 
     report.converted = { currency: target, cost_nanos: total, unconverted: [...unconverted].sort() };
   }
   return report;
+}
+
+/** The report over this host's SQLite audit log. */
+export function buildReport(db: Database.Database, opts: ReportOptions): Report {
+  const window = { fromMs: opts.fromMs, toMs: opts.toMs };
+  return assembleReport(opts, {
+    groups: opts.by.length > 0 ? queryReport(db, { ...window, by: opts.by }) : [],
+    totals: queryReport(db, { ...window, by: [] }),
+    spendByDay: opts.reportCurrency !== undefined ? querySpendByDay(db, opts.fromMs, opts.toMs) : [],
+  });
+}
+
+/** The report over the fleet Postgres: every host's shipped rows (docs/fleet.md). */
+export async function buildFleetReport(client: pg.ClientBase, opts: ReportOptions): Promise<Report> {
+  const window = { fromMs: opts.fromMs, toMs: opts.toMs };
+  return assembleReport(opts, {
+    groups: opts.by.length > 0 ? await queryFleetReport(client, { ...window, by: opts.by }) : [],
+    totals: await queryFleetReport(client, { ...window, by: [] }),
+    spendByDay:
+      opts.reportCurrency !== undefined ? await queryFleetSpendByDay(client, opts.fromMs, opts.toMs) : [],
+  });
 }
 
 const TOKEN_HEADERS: Record<(typeof TOKEN_COLUMNS)[number], string> = {
@@ -305,6 +345,33 @@ export interface ReportCliOptions {
   by?: string;
   format?: string;
   currency?: string;
+  /** Report over the fleet Postgres (every host) instead of the local audit log. */
+  fleet?: boolean;
+}
+
+interface ParsedReportFlags {
+  format: ReportFormat;
+  options: ReportOptions;
+}
+
+/** Flags → report options, the same for both stores (only `--by host` is fleet-only). */
+function parseReportFlags(flags: ReportCliOptions, settings: Settings, nowMs: number): ParsedReportFlags {
+  const format = (flags.format ?? 'table') as ReportFormat;
+  if (!REPORT_FORMATS.includes(format)) {
+    throw new UsageError(`--format: expected table, csv or json, got ${JSON.stringify(flags.format)}`);
+  }
+  const fromMs = parseTimeBound(flags.since ?? '24h', '--since', nowMs);
+  const toMs = flags.until !== undefined ? parseTimeBound(flags.until, '--until', nowMs) : nowMs;
+  if (fromMs >= toMs) throw new UsageError('--since must be before --until');
+  const by = parseBy(flags.by, flags.fleet === true ? FLEET_REPORT_DIMENSIONS : REPORT_DIMENSIONS);
+  const currency =
+    flags.currency !== undefined ? flags.currency.trim().toUpperCase() : settings.reportCurrency;
+  if (currency !== undefined && !/^[A-Z]{3}$/.test(currency)) {
+    throw new UsageError(
+      `--currency: expected a 3-letter code like CNY, got ${JSON.stringify(flags.currency)}`,
+    );
+  }
+  return { format, options: { fromMs, toMs, by, reportCurrency: currency, fx: settings.fx } };
 }
 
 /**
@@ -317,31 +384,32 @@ export function reportCommand(
   cwd: string = process.cwd(),
   nowMs: number = Date.now(),
 ): string {
-  const format = (flags.format ?? 'table') as ReportFormat;
-  if (!REPORT_FORMATS.includes(format)) {
-    throw new UsageError(`--format: expected table, csv or json, got ${JSON.stringify(flags.format)}`);
-  }
-  const fromMs = parseTimeBound(flags.since ?? '24h', '--since', nowMs);
-  const toMs = flags.until !== undefined ? parseTimeBound(flags.until, '--until', nowMs) : nowMs;
-  if (fromMs >= toMs) throw new UsageError('--since must be before --until');
-  const by = parseBy(flags.by);
+  if (flags.fleet === true) throw new UsageError('report --fleet is asynchronous: use reportFleetCommand');
   const { settings, dbPath } = resolveDb(flags, env, cwd);
-  const currency =
-    flags.currency !== undefined ? flags.currency.trim().toUpperCase() : settings.reportCurrency;
-  if (currency !== undefined && !/^[A-Z]{3}$/.test(currency)) {
-    throw new UsageError(
-      `--currency: expected a 3-letter code like CNY, got ${JSON.stringify(flags.currency)}`,
-    );
-  }
+  const { format, options } = parseReportFlags(flags, settings, nowMs);
   const db = openExistingDatabase(dbPath);
   try {
-    return formatReport(
-      buildReport(db, { fromMs, toMs, by, reportCurrency: currency, fx: settings.fx }),
-      format,
-    );
+    return formatReport(buildReport(db, options), format);
   } finally {
     db.close();
   }
+}
+
+/**
+ * `report --fleet`: the same report, formats and exact per-currency totals over every host's rows
+ * in the fleet Postgres (`fleet.postgres.url` or TOKENMETER_PG_URL); `--by host` splits by sidecar.
+ */
+export async function reportFleetCommand(
+  flags: ReportCliOptions,
+  env: NodeJS.ProcessEnv = process.env,
+  cwd: string = process.cwd(),
+  nowMs: number = Date.now(),
+  connect: FleetConnectOptions = {},
+): Promise<string> {
+  const settings = loadSettings({ config: flags.config, db: flags.db }, env, cwd);
+  const { format, options } = parseReportFlags({ ...flags, fleet: true }, settings, nowMs);
+  const report = await withFleet(settings, (client) => buildFleetReport(client, options), connect);
+  return formatReport(report, format);
 }
 
 export function register(program: Command): void {
@@ -352,15 +420,16 @@ export function register(program: Command): void {
     .option('--config <file>', CONFIG_HELP)
     .option('--since <when>', 'start: 24h, 7d, 2026-11-01 or an ISO timestamp', '24h')
     .option('--until <when>', 'end (exclusive), same forms as --since (default: now)')
-    .option('--by <dims>', 'group by any of app,model,upstream,day (UTC days)')
+    .option('--by <dims>', 'group by any of app,model,upstream,day (UTC days); with --fleet also host')
     .option('--format <format>', 'table, csv or json', 'table')
     .option(
       '--currency <code>',
       'also show a total converted with the config fx: rates (default: report_currency)',
     )
+    .option('--fleet', 'every host: read the fleet Postgres (fleet.postgres.url / TOKENMETER_PG_URL)')
     .action((flags: ReportCliOptions) =>
-      runAction(() => {
-        process.stdout.write(reportCommand(flags));
+      runAction(async () => {
+        process.stdout.write(flags.fleet === true ? await reportFleetCommand(flags) : reportCommand(flags));
       }),
     );
 }

@@ -242,6 +242,8 @@ function fleetSettings(cfg: ConfigFile['fleet'], env: NodeJS.ProcessEnv): FleetS
   const pg = cfg?.postgres;
   return {
     host: cfg?.host ?? hostname(),
+    reservationTtlMs: cfg?.reservation_ttl ?? d.reservationTtlMs,
+    budgetTimeoutMs: cfg?.budget_timeout ?? d.budgetTimeoutMs,
     postgres: {
       url,
       poolSize: pg?.pool_size ?? d.poolSize,

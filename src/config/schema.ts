@@ -164,8 +164,18 @@ export const BudgetConfig = z
     timezone: z.string().optional(),
     warn_at: z.array(z.number().gt(0).lte(1)).default([0.5, 0.8]),
     action: z.enum(['alert', 'block']).default('alert'),
+    /**
+     * Fleet mode only (docs/fleet.md, Shared budgets): what a shared `block` budget does when the
+     * fleet Postgres cannot answer in time. `local` (default): admit from this host's own view;
+     * `block`: refuse. Defaults in src/budgets/index.ts.
+     */
+    on_unreachable: z.enum(['local', 'block']).optional(),
   })
-  .strict();
+  .strict()
+  .refine((b) => b.on_unreachable === undefined || b.action === 'block', {
+    message: 'on_unreachable applies only to action: block budgets (an alert budget never refuses)',
+    path: ['on_unreachable'],
+  });
 
 export const FxRate = z
   .object({
@@ -251,6 +261,10 @@ export const ConfigFile = z
       .object({
         /** This sidecar's name in the fleet's tables; default: the machine's hostname. */
         host: z.string().min(1).max(255).optional(),
+        /** How long a shared budget reservation counts if its host never settles it (crash); default 10m. */
+        reservation_ttl: Duration.optional(),
+        /** How long a request waits for the fleet ledger before on_unreachable applies; default 2s. */
+        budget_timeout: Duration.optional(),
         postgres: z
           .object({
             // The message never repeats the value: the URL carries the password.

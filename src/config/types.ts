@@ -97,6 +97,10 @@ export interface Settings {
 export interface FleetSettings {
   /** This sidecar's name in the shared tables (`host` column). */
   host: string;
+  /** Shared budgets: a reservation's lifetime in Postgres when its host never settles it. */
+  reservationTtlMs: number;
+  /** Shared budgets: the most a request waits for the fleet ledger before `on_unreachable` applies. */
+  budgetTimeoutMs: number;
   postgres: {
     /** Contains the password: print only through `redactUrl` (src/fleet/redact.ts). */
     url: string;
@@ -137,6 +141,9 @@ export const DEFAULTS = {
   balanceIntervalMs: 300_000,
   balancePath: '/v1/balance',
   fleet: {
+    // Longer than the default upstream idle timeout (5 min), so a slow stream's reservation stays.
+    reservationTtlMs: 600_000,
+    budgetTimeoutMs: 2_000,
     poolSize: 4,
     shipIntervalMs: 1_000,
     batchSize: 500,

@@ -52,6 +52,35 @@ const PG_MIGRATION_1 = [
   'CREATE INDEX requests_app_ts_start ON requests (app, ts_start)',
 ];
 
+/**
+ * Shared block budgets (docs/fleet.md, Shared budgets; src/fleet/budget-ledger.ts). One ledger row
+ * per budget, period and currency holds the fleet's settled spend; a reservation row per request
+ * in flight holds its bound until settled or expired (a crashed host's rows stop counting at
+ * `expires_at`). Amounts are nanos of the budget's currency.
+ */
+const PG_MIGRATION_2 = [
+  `CREATE TABLE budget_ledger (
+    budget TEXT NOT NULL,
+    period_start BIGINT NOT NULL,
+    period_key TEXT NOT NULL,
+    currency TEXT NOT NULL,
+    spent_nanos BIGINT NOT NULL DEFAULT 0,
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (budget, period_start, currency)
+  )`,
+  `CREATE TABLE budget_reservations (
+    id TEXT NOT NULL,
+    budget TEXT NOT NULL,
+    period_start BIGINT NOT NULL,
+    currency TEXT NOT NULL,
+    host TEXT NOT NULL,
+    amount_nanos BIGINT NOT NULL,
+    expires_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (id, budget)
+  )`,
+  'CREATE INDEX budget_reservations_period ON budget_reservations (budget, period_start, currency, expires_at)',
+];
+
 interface PgMigration {
   version: number;
   description: string;
@@ -66,6 +95,12 @@ export const PG_MIGRATIONS: readonly PgMigration[] = [
     description: 'requests (the record columns of SQLite schema 4) and host',
     statements: PG_MIGRATION_1,
     columns: PG_V1_COLUMNS,
+  },
+  {
+    version: 2,
+    description: 'shared block budgets: budget_ledger and budget_reservations',
+    statements: PG_MIGRATION_2,
+    columns: [],
   },
 ];
 

@@ -11,17 +11,21 @@
  * - Failures: counted, retried with exponential backoff (capped at 30 s); rows wait in SQLite.
  *   Nothing here runs on the request path: a timer, a read-only SQLite connection, a pg pool.
  * - A Postgres schema newer than this code stops the shipper (logged); serve keeps serving.
+ * - Retention (DESIGN.md §6 on the fleet side): every `retentionIntervalMs` the shipper deletes
+ *   Postgres rows older than `retention_days` in bounded batches (./queries.ts). Every sidecar does
+ *   it; the deletes are idempotent and skip rows another sidecar is deleting (SKIP LOCKED).
  */
 import type Database from 'better-sqlite3';
 import pg from 'pg';
 import type { FleetSettings } from '../config/types.js';
 import { TokenmeterError } from '../errors.js';
 import type { Logger } from '../log.js';
-import { quoteIdent, REQUEST_COLUMN_NAMES, REQUEST_COLUMNS } from '../sinks/audit/migrations.js';
+import { DAY_MS, quoteIdent, REQUEST_COLUMN_NAMES, REQUEST_COLUMNS } from '../sinks/audit/migrations.js';
 import { openSqlite } from '../sinks/audit/sqlite.js';
 import type { FleetShipMetrics } from '../sinks/metrics.js';
 import { markPathFor, readMark, validateMark, writeMark, type ShipMark } from './mark.js';
 import { migratePg, PG_REQUEST_COLUMNS } from './pg-schema.js';
+import { pruneFleetBefore } from './queries.js';
 import { redactSecret, redactUrl } from './redact.js';
 
 export const MAX_BACKOFF_MS = 30_000;
@@ -35,7 +39,13 @@ export interface ShipperOptions {
   /** Default `<dbPath>.fleet-ship.json`. */
   markPath?: string;
   maxBackoffMs?: number;
+  /** Delete fleet rows older than this many days (serve passes `retention_days`); 0/absent: never. */
+  retentionDays?: number;
+  /** How often retention runs; default hourly, like the local log's. */
+  retentionIntervalMs?: number;
 }
+
+export const FLEET_RETENTION_INTERVAL_MS = 3_600_000;
 
 export type ShipperState = 'starting' | 'shipping' | 'backing-off' | 'refused' | 'stopped';
 
@@ -89,6 +99,8 @@ class FleetShipper implements Shipper {
   private shippedRows = 0;
   private failures = 0;
   private timer: NodeJS.Timeout | undefined;
+  private retentionTimer: NodeJS.Timeout | undefined;
+  private pruning: Promise<void> | undefined;
   private running: Promise<void> | undefined;
   private readonly pool: pg.Pool;
   private sqlite: Database.Database | undefined;
@@ -113,6 +125,29 @@ class FleetShipper implements Shipper {
     this.pool.on('connect', (c) => c.on('error', () => undefined));
     opts.log.info('fleet shipper started', { postgres: redactUrl(this.url), host: opts.fleet.host });
     this.schedule(0);
+    if ((opts.retentionDays ?? 0) > 0) {
+      this.retentionTimer = setInterval(() => {
+        this.pruning ??= this.prune().finally(() => (this.pruning = undefined));
+      }, opts.retentionIntervalMs ?? FLEET_RETENTION_INTERVAL_MS);
+      this.retentionTimer.unref();
+    }
+  }
+
+  /** One retention pass; failures are logged and retried at the next interval. */
+  private async prune(): Promise<void> {
+    if (!this.migrated || this.current === 'stopped') return; // no table yet, or shutting down
+    const cutoff = Date.now() - this.opts.retentionDays! * DAY_MS;
+    try {
+      const client = await this.pool.connect();
+      try {
+        const deleted = await pruneFleetBefore(client, cutoff);
+        if (deleted > 0) this.opts.log.info('fleet retention pruned rows', { deleted });
+      } finally {
+        client.release();
+      }
+    } catch (err) {
+      this.logFailure('fleet retention failed; retried at the next interval', err);
+    }
   }
 
   state(): ShipperState {
@@ -128,7 +163,9 @@ class FleetShipper implements Shipper {
     const wasRunning = this.running;
     this.current = 'stopped';
     clearTimeout(this.timer);
+    clearInterval(this.retentionTimer);
     await wasRunning?.catch(() => undefined);
+    await this.pruning;
     await this.pool.end().catch(() => undefined);
     this.sqlite?.close();
   }

@@ -10,7 +10,7 @@
 import type { IncomingHttpHeaders } from 'node:http';
 import { newRecordId } from '../ids.js';
 import { cachedKeyFingerprint, extractApiKey, resolveApp } from '../attribution.js';
-import type { BudgetDecision, BudgetGate, BudgetReservation } from '../budgets/types.js';
+import type { BudgetBlock, BudgetDecision, BudgetGate, BudgetReservation } from '../budgets/types.js';
 import { classifyResponse } from '../decoders/classify.js';
 import { estimateUsage } from '../decoders/estimate.js';
 import { createDecoder } from '../decoders/index.js';
@@ -160,7 +160,8 @@ function recordOf(s: StartFields, o: OutcomeFields): RequestRecord {
 
 class RequestMeterImpl implements RequestMeter {
   readonly upstreamHeaders: Record<string, string> = {};
-  readonly rejection?: Rejection;
+  rejection?: Rejection;
+  admission?: Promise<void>;
 
   private rejectionMessage: string | undefined;
   private readonly start: RequestStart;
@@ -251,6 +252,7 @@ class RequestMeterImpl implements RequestMeter {
       this.notes.push(`budget_blocked:${decision.budget}`);
     } else if (decision) {
       this.reservation = decision.reservation;
+      if (decision.pending) this.admission = this.awaitShared(decision.pending);
     }
     if (this.rejection) return; // nothing is sent upstream: no span context to propagate
 
@@ -261,6 +263,21 @@ class RequestMeterImpl implements RequestMeter {
       this.begun.push({ sink, handle });
       if (handle.upstreamHeaders) Object.assign(this.upstreamHeaders, handle.upstreamHeaders);
       if (handle.traceId) this.traceId = handle.traceId;
+    }
+  }
+
+  /** Fleet mode: a shared budget's refusal becomes this request's rejection, like a local one. */
+  private async awaitShared(pending: Promise<BudgetBlock | undefined>): Promise<void> {
+    try {
+      const blocked = await pending;
+      if (!blocked) return;
+      this.rejection = budgetRejection(blocked.reason, blocked.message);
+      this.rejectionMessage = blocked.message;
+      this.notes.push(`budget_blocked:${blocked.budget}`);
+    } catch (err) {
+      this.guard('budgets', undefined, () => {
+        throw err;
+      });
     }
   }
 

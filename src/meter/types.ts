@@ -71,6 +71,11 @@ export interface RequestMeter {
   readonly upstreamHeaders: Record<string, string>;
   /** Set when a budget blocks the request: send this and call finish({kind:'rejected'}). */
   readonly rejection?: Rejection;
+  /**
+   * Fleet mode only: resolves when the shared budgets answered (then `rejection` may be set). The
+   * proxy must not forward before it resolves. Never rejects. Absent for a single tokenmeter.
+   */
+  readonly admission?: Promise<void>;
   onResponseHead(status: number, headers: IncomingHttpHeaders): void;
   /**
    * A copy of bytes exactly as received from the upstream (still compressed if they were). After a

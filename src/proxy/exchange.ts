@@ -105,6 +105,17 @@ export class Exchange {
       requestBytes,
     );
     const meter = this.meter!;
+    // Fleet mode only: a shared block budget answers from Postgres (bounded by fleet.budget_timeout)
+    // before anything is sent upstream. A single tokenmeter has no admission and never awaits here.
+    if (meter.admission) {
+      await meter.admission;
+      if (this.res.destroyed || this.req.socket.destroyed) {
+        // The client left while the fleet ledger answered: nothing was sent, nothing can be billed.
+        if (body.streamRest) req.resume();
+        this.end({ kind: 'client_abort' });
+        return;
+      }
+    }
     if (meter.rejection) {
       const r = meter.rejection;
       this.state = 'rejected';

@@ -57,6 +57,8 @@ export interface MetricsSink extends Sink, HealthCounters {
   render(): Promise<{ contentType: string; body: string }>;
   /** The fleet shipper's health (src/fleet/shipper.ts, docs/fleet.md). */
   readonly fleet: FleetShipMetrics;
+  /** Shared budgets' fallbacks and failed settlements (docs/fleet.md, Shared budgets). */
+  readonly fleetBudgets: FleetBudgetMetrics;
 }
 
 export interface FleetShipMetrics {
@@ -65,6 +67,14 @@ export interface FleetShipMetrics {
   shipped(rows: number): void;
   /** One failed attempt (connect, migrate or batch); rows stay local and are retried. */
   failure(): void;
+}
+
+/** Shared budgets' health (src/fleet/budget-ledger.ts, docs/fleet.md "Shared budgets"). */
+export interface FleetBudgetMetrics {
+  /** A shared budget decided from this host's own view: the fleet ledger was unreachable. */
+  fallback(budget: string): void;
+  /** A shared budget's settlement could not be written (its reservation expires instead). */
+  settleFailure(budget: string): void;
 }
 
 /** Longest model label kept; longer names are cut (a model name this long is almost surely junk). */
@@ -278,6 +288,18 @@ export function createMetricsSink(opts: MetricsSinkOptions): MetricsSink {
     name: METRIC.fleetShipFailures,
     help: 'Failed attempts to ship audit rows to the fleet Postgres (rows stay local and are retried).',
     labelNames: LABELS.fleetShipFailures,
+    registers: reg,
+  });
+  const fleetBudgetFallback = new Counter({
+    name: METRIC.fleetBudgetFallback,
+    help: "Requests a shared block budget admitted from this host's own view because the fleet Postgres was unreachable (on_unreachable: local).",
+    labelNames: LABELS.fleetBudgetFallback,
+    registers: reg,
+  });
+  const fleetBudgetSettleFailures = new Counter({
+    name: METRIC.fleetBudgetSettleFailures,
+    help: 'Shared budget settlements that could not be written to the fleet Postgres after retries (the reservation expires).',
+    labelNames: LABELS.fleetBudgetSettleFailures,
     registers: reg,
   });
   const internalErrors = new Counter({
@@ -523,6 +545,11 @@ export function createMetricsSink(opts: MetricsSinkOptions): MetricsSink {
       lag: (rows) => fleetShipLag.set(rows),
       shipped: (rows) => fleetShipped.inc(rows),
       failure: () => fleetShipFailures.inc(),
+    },
+
+    fleetBudgets: {
+      fallback: (budget) => fleetBudgetFallback.inc({ budget }),
+      settleFailure: (budget) => fleetBudgetSettleFailures.inc({ budget }),
     },
   };
   return sink;

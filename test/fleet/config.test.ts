@@ -37,6 +37,8 @@ describe('fleet config', () => {
     const s = load(`fleet:\n  host: web-1\n  postgres:\n    url: "${URL_A}"\n`);
     expect(s.fleet).toEqual({
       host: 'web-1',
+      reservationTtlMs: 600_000,
+      budgetTimeoutMs: 2_000,
       postgres: { url: URL_A, poolSize: 4, shipIntervalMs: 1000, batchSize: 500 },
     });
   });

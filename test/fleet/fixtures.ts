@@ -53,6 +53,8 @@ export function recordedMetrics(): RecordedMetrics {
 export function fleetSettings(url: string, over: Partial<FleetSettings['postgres']> = {}): FleetSettings {
   return {
     host: 'test-host',
+    reservationTtlMs: 600_000,
+    budgetTimeoutMs: 2_000,
     postgres: { url, poolSize: 2, shipIntervalMs: 20, batchSize: 7, ...over },
   };
 }

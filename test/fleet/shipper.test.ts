@@ -44,7 +44,9 @@ describe.skipIf(skipWithoutPostgres())('fleet Postgres (real server)', () => {
     server?.stop();
   });
   beforeEach(async () => {
-    await client.query('DROP TABLE IF EXISTS requests, tokenmeter_schema');
+    await client.query(
+      'DROP TABLE IF EXISTS requests, tokenmeter_schema, budget_ledger, budget_reservations',
+    );
     tmp = tempDir();
     dbPath = join(tmp.dir, 'audit.db');
     local = openAuditDb(dbPath);

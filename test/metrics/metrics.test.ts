@@ -73,6 +73,8 @@ const PINNED: Record<string, { type: string; labels: string[] }> = {
   tokenmeter_fleet_ship_lag_rows: { type: 'gauge', labels: [] },
   tokenmeter_fleet_shipped_rows_total: { type: 'counter', labels: [] },
   tokenmeter_fleet_ship_failures_total: { type: 'counter', labels: [] },
+  tokenmeter_fleet_budget_fallback_total: { type: 'counter', labels: ['budget'] },
+  tokenmeter_fleet_budget_settle_failures_total: { type: 'counter', labels: ['budget'] },
   tokenmeter_internal_errors_total: { type: 'counter', labels: ['component'] },
   tokenmeter_sse_oversize_events_total: { type: 'counter', labels: ['upstream'] },
   tokenmeter_proxy_overhead_seconds: { type: 'histogram', labels: ['upstream'] },
@@ -133,6 +135,8 @@ function exerciseEverything(s: MetricsSink): void {
   s.auditQueueDepth(3);
   s.auditDropped(2);
   s.sseOversize('cailag');
+  s.fleetBudgets.fallback('team');
+  s.fleetBudgets.settleFailure('team');
 }
 
 describe('metrics sink: names, types and label sets (§7)', () => {

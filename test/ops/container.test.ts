@@ -15,6 +15,7 @@ import { COMPOSE_FILE, COMPOSE_PROMETHEUS_CONFIG, REPO, repoPath } from './paths
 interface ComposeService {
   build?: unknown;
   image?: string;
+  hostname?: string;
   environment?: Record<string, string>;
   ports?: string[];
   volumes?: string[];
@@ -51,12 +52,14 @@ function dockerEnv(name: string): string | undefined {
 }
 
 describe('docker-compose.yml', () => {
-  it('runs tokenmeter, prometheus, alertmanager and grafana', () => {
+  it('runs two tokenmeters, postgres, prometheus, alertmanager and grafana', () => {
     expect(Object.keys(compose.services).sort()).toEqual([
       'alertmanager',
       'grafana',
+      'postgres',
       'prometheus',
       'tokenmeter',
+      'tokenmeter-b',
     ]);
   });
 
@@ -80,8 +83,11 @@ describe('docker-compose.yml', () => {
       expect(compose.services[host], `${target} is not a compose service`).toBeDefined();
       expect(containerPorts(compose.services[host]!), target).toContain(Number(port));
     }
-    // tokenmeter listens where the image says, on all interfaces inside the container.
-    expect(tokenmeterTargets).toEqual([`tokenmeter:${dockerEnv('TOKENMETER_PORT')}`]);
+    // Both tokenmeters listen where the image says, on all interfaces inside the container.
+    expect(tokenmeterTargets).toEqual([
+      `tokenmeter:${dockerEnv('TOKENMETER_PORT')}`,
+      `tokenmeter-b:${dockerEnv('TOKENMETER_PORT')}`,
+    ]);
     expect(dockerEnv('TOKENMETER_HOST')).toBe('0.0.0.0');
   });
 
@@ -106,6 +112,31 @@ describe('docker-compose.yml', () => {
     expect(tokenmeter.environment?.TOKENMETER_UPSTREAM).toMatch(/^\$\{TOKENMETER_UPSTREAM[:?}]/);
     expect(mounts(tokenmeter).map((m) => m.target)).toContain('/data');
     expect(dockerEnv('TOKENMETER_DB')).toBe('/data/tokenmeter.db');
+  });
+
+  it('a fleet: both tokenmeters ship to the postgres service with the password from the environment', () => {
+    const pgService = compose.services.postgres!;
+    expect(pgService.image).toMatch(/^postgres:\d+\.\d+/); // official image, pinned
+    expect(mounts(pgService).map((m) => m.target)).toContain('/var/lib/postgresql/data');
+    expect(pgService.environment?.POSTGRES_PASSWORD).toMatch(/^\$\{POSTGRES_PASSWORD:-[^}]+\}$/);
+    const published = new Set<string>();
+    const names = new Set<string>();
+    for (const name of ['tokenmeter', 'tokenmeter-b']) {
+      const s = compose.services[name]!;
+      expect(s.environment?.TOKENMETER_PG_URL, name).toMatch(
+        /^postgres:\/\/tokenmeter:\$\{POSTGRES_PASSWORD:-[^}]+\}@postgres:5432\/tokenmeter$/,
+      );
+      expect(s.environment?.TOKENMETER_UPSTREAM).toMatch(/^\$\{TOKENMETER_UPSTREAM[:?}]/);
+      expect(mounts(s).map((m) => m.target)).toContain('/data');
+      for (const p of s.ports ?? []) published.add(p.split(':').slice(0, -1).join(':'));
+      names.add(s.hostname ?? '');
+    }
+    expect(published.size, 'each tokenmeter on its own host port').toBe(2);
+    expect([...names].filter((h) => h !== '').length, 'distinct fleet host names').toBe(2);
+    // Separate audit logs: a volume each.
+    expect(mounts(compose.services.tokenmeter!)[0]!.source).not.toBe(
+      mounts(compose.services['tokenmeter-b']!)[0]!.source,
+    );
   });
 
   const docker = findBinary('docker');

@@ -55,15 +55,36 @@ export function countUnpriced(db: Database.Database, filter: SpendFilter): numbe
   return row.n;
 }
 
+/** Dimensions of the local report. */
 export const REPORT_DIMENSIONS = ['app', 'model', 'upstream', 'day'] as const;
-export type ReportDimension = (typeof REPORT_DIMENSIONS)[number];
+/** `report --fleet` adds `host`: which sidecar shipped the row (src/fleet/, docs/fleet.md). */
+export const FLEET_REPORT_DIMENSIONS = [...REPORT_DIMENSIONS, 'host'] as const;
+export type ReportDimension = (typeof FLEET_REPORT_DIMENSIONS)[number];
 
-/** How each dimension is computed. `day` is the UTC calendar day of ts_start. */
-const DIMENSION_SQL: Record<ReportDimension, string> = {
-  app: 'app',
-  model: 'request_model',
-  upstream: 'upstream',
-  day: `strftime('%Y-%m-%d', ts_start / 1000, 'unixepoch')`,
+/**
+ * What differs between the SQLite and the Postgres report query; everything else (grouping by
+ * currency, the sums, the caveat counts, reading rows) is one implementation for both.
+ */
+export interface ReportDialect {
+  /** SQL per dimension; undefined = not available in this store (SQLite has no `host`). */
+  dimension: Readonly<Record<ReportDimension, string | undefined>>;
+  /** The two window bounds (ts_start >= from AND ts_start < to). */
+  bounds: readonly [string, string];
+  /** ORDER BY terms for one grouping expression: NULLs last, then byte order. */
+  order(expr: string): string;
+}
+
+/** How each dimension is computed in SQLite. `day` is the UTC calendar day of ts_start. */
+export const SQLITE_REPORT_DIALECT: ReportDialect = {
+  dimension: {
+    app: 'app',
+    model: 'request_model',
+    upstream: 'upstream',
+    day: `strftime('%Y-%m-%d', ts_start / 1000, 'unixepoch')`,
+    host: undefined,
+  },
+  bounds: ['?', '?'],
+  order: (e) => `${e} IS NULL, ${e}`,
 };
 
 export const TOKEN_COLUMNS = [
@@ -98,16 +119,22 @@ export interface ReportQuery {
   by: readonly ReportDimension[];
 }
 
+function dimensionSql(dialect: ReportDialect, d: ReportDimension): string {
+  const sql = dialect.dimension[d];
+  if (sql === undefined) throw new Error(`report dimension ${d} is not available in this store`);
+  return sql;
+}
+
 /**
  * Groups by the requested dimensions AND currency: money of different currencies never lands in
- * one sum. With `by: []` the rows are the per-currency totals.
+ * one sum. With `by: []` the rows are the per-currency totals. Every sum is over integer columns
+ * (SQLite INTEGER read as BigInt, Postgres `sum(bigint)` = numeric read as text): exact.
  */
-export function queryReport(db: Database.Database, q: ReportQuery): ReportRow[] {
-  const dims = [...new Set(q.by)];
-  const dimSelect = dims.map((d) => `${DIMENSION_SQL[d]} AS dim_${d}`);
-  const groupBy = [...dims.map((d) => `dim_${d}`), 'currency'];
-  const sql = `
-    SELECT ${[...dimSelect, 'currency'].join(', ')},
+export function reportSql(dialect: ReportDialect, by: readonly ReportDimension[]): string {
+  const dims = [...new Set(by)];
+  const groupExprs = [...dims.map((d) => dimensionSql(dialect, d)), 'currency'];
+  return `
+    SELECT ${[...dims.map((d) => `${dimensionSql(dialect, d)} AS dim_${d}`), 'currency'].join(', ')},
       COUNT(*) AS requests,
       SUM(cost_nanos) AS cost_nanos,
       ${TOKEN_COLUMNS.map((c) => `SUM(${c}) AS ${c}`).join(',\n      ')},
@@ -116,45 +143,66 @@ export function queryReport(db: Database.Database, q: ReportQuery): ReportRow[] 
       COUNT(*) FILTER (WHERE cost_source = 'unpriced') AS unpriced,
       COUNT(*) FILTER (WHERE error_type IS NOT NULL) AS errors
     FROM requests
-    WHERE ts_start >= ? AND ts_start < ?
-    GROUP BY ${groupBy.join(', ')}
-    ORDER BY ${groupBy.map((g) => `${g} IS NULL, ${g}`).join(', ')}`;
-  const rows = db.prepare(sql).safeIntegers().all(q.fromMs, q.toMs) as Array<
-    Record<string, string | bigint | null>
-  >;
-  return rows.map((r) => {
-    const keys: ReportRow['keys'] = {};
-    for (const d of dims) keys[d] = (r[`dim_${d}`] as string | null) ?? null;
-    const tokens = {} as Record<TokenColumn, bigint | null>;
-    for (const c of TOKEN_COLUMNS) tokens[c] = (r[c] as bigint | null) ?? null;
-    // COUNT(*) is never NULL; BigInt only because the statement reads every integer safely.
-    const count = (name: string): number => Number(r[name] as bigint);
-    return {
-      keys,
-      currency: (r['currency'] as string | null) ?? null,
-      requests: count('requests'),
-      cost_nanos: (r['cost_nanos'] as bigint | null) ?? null,
-      tokens,
-      estimated: count('estimated'),
-      missing: count('missing'),
-      unpriced: count('unpriced'),
-      errors: count('errors'),
-    };
-  });
+    WHERE ts_start >= ${dialect.bounds[0]} AND ts_start < ${dialect.bounds[1]}
+    GROUP BY ${groupExprs.join(', ')}
+    ORDER BY ${groupExprs.map((g) => dialect.order(g)).join(', ')}`;
 }
 
-/** Known cost per currency per UTC day, for FX conversion with dated rates. */
+/** An integer aggregate as the driver returns it: BigInt (SQLite safeIntegers) or text (pg). */
+type SqlInteger = bigint | string | number;
+const toBigInt = (v: SqlInteger | null | undefined): bigint | null =>
+  v === null || v === undefined ? null : BigInt(v);
+
+/** One result row of `reportSql`, from either store. */
+export function reportRowFromSql(
+  r: Record<string, SqlInteger | null>,
+  by: readonly ReportDimension[],
+): ReportRow {
+  const keys: ReportRow['keys'] = {};
+  for (const d of new Set(by)) keys[d] = (r[`dim_${d}`] as string | null) ?? null;
+  const tokens = {} as Record<TokenColumn, bigint | null>;
+  for (const c of TOKEN_COLUMNS) tokens[c] = toBigInt(r[c]);
+  // COUNT(*) is never NULL, and a count of rows fits a number.
+  const count = (name: string): number => Number(r[name]);
+  return {
+    keys,
+    currency: (r['currency'] as string | null) ?? null,
+    requests: count('requests'),
+    cost_nanos: toBigInt(r['cost_nanos']),
+    tokens,
+    estimated: count('estimated'),
+    missing: count('missing'),
+    unpriced: count('unpriced'),
+    errors: count('errors'),
+  };
+}
+
+export function queryReport(db: Database.Database, q: ReportQuery): ReportRow[] {
+  const rows = db
+    .prepare(reportSql(SQLITE_REPORT_DIALECT, q.by))
+    .safeIntegers()
+    .all(q.fromMs, q.toMs) as Array<Record<string, SqlInteger | null>>;
+  return rows.map((r) => reportRowFromSql(r, q.by));
+}
+
+/** Known cost per currency per UTC day (for FX conversion with dated rates), in either store. */
+export function spendByDaySql(dialect: ReportDialect): string {
+  return `SELECT ${dimensionSql(dialect, 'day')} AS day, currency, SUM(cost_nanos) AS cost_nanos FROM requests
+       WHERE ts_start >= ${dialect.bounds[0]} AND ts_start < ${dialect.bounds[1]}
+         AND cost_nanos IS NOT NULL AND currency IS NOT NULL
+       GROUP BY ${dimensionSql(dialect, 'day')}, currency
+       ORDER BY ${dimensionSql(dialect, 'day')}, currency`;
+}
+
+/** Known cost per currency per UTC day in the local log. */
 export function querySpendByDay(
   db: Database.Database,
   fromMs: number,
   toMs: number,
 ): Array<{ day: string; currency: string; cost_nanos: bigint }> {
-  return db
-    .prepare(
-      `SELECT ${DIMENSION_SQL.day} AS day, currency, SUM(cost_nanos) AS cost_nanos FROM requests
-       WHERE ts_start >= ? AND ts_start < ? AND cost_nanos IS NOT NULL AND currency IS NOT NULL
-       GROUP BY day, currency ORDER BY day, currency`,
-    )
-    .safeIntegers()
-    .all(fromMs, toMs) as Array<{ day: string; currency: string; cost_nanos: bigint }>;
+  return db.prepare(spendByDaySql(SQLITE_REPORT_DIALECT)).safeIntegers().all(fromMs, toMs) as Array<{
+    day: string;
+    currency: string;
+    cost_nanos: bigint;
+  }>;
 }
