@@ -7,8 +7,12 @@
  *   row is locked by an upsert, then one statement drops expired reservations and inserts this one
  *   only if spent + active reservations + bound ≤ limit. The check runs after the lock, in a new
  *   statement snapshot, so it sees every reservation committed before it.
- * - Settle: one statement per budget, in the background after the record: delete the reservation
- *   and add the real cost. Failed settles are retried, then counted; the reservation expires.
+ * - Settle: one statement per budget, in the background after the record: record the settlement
+ *   (`budget_settlements`, keyed by request id and budget, `ON CONFLICT DO NOTHING`), delete the
+ *   reservation and add the real cost only when that settlement row is new. So a settle retried
+ *   after a COMMIT whose reply was lost adds the cost once. Failed settles are retried, then
+ *   counted; the reservation expires. Settlement rows are pruned by reserve, with the expired
+ *   reservations, once older than max(fleet.reservation_ttl, SETTLEMENT_KEEP_MS).
  * - Expiry: a reservation counts until `expires_at` (fleet.reservation_ttl), so a SIGKILLed host's
  *   reservations stop counting on their own.
  * - Unreachable (connect error, query error, or no answer within fleet.budget_timeout): each budget
@@ -32,9 +36,13 @@ const LOCK_PERIOD = `INSERT INTO budget_ledger (budget, period_start, period_key
 
 // $5 spent (read under the lock), $6 bound, $7 limit. A zero bound is still refused once spent +
 // held reaches the limit, like the local gate's "used up".
+// $10: how long settlement rows are kept (ms).
 const RESERVE = `WITH expired AS (
     DELETE FROM budget_reservations
     WHERE budget = $1 AND period_start = $2 AND currency = $3 AND expires_at <= now()
+  ), pruned AS (
+    DELETE FROM budget_settlements
+    WHERE budget = $1 AND settled_at <= now() - $10::bigint * interval '1 millisecond'
   ), held AS (
     SELECT coalesce(sum(amount_nanos), 0)::bigint AS held FROM budget_reservations
     WHERE budget = $1 AND period_start = $2 AND currency = $3 AND expires_at > now()
@@ -47,11 +55,16 @@ const RESERVE = `WITH expired AS (
   )
   SELECT (SELECT held FROM held)::text AS held, EXISTS (SELECT 1 FROM ins) AS admitted`;
 
-const SETTLE = `WITH released AS (
+// Idempotent: the cost is added only when this (request, budget) settlement row is new.
+const SETTLE = `WITH settled AS (
+    INSERT INTO budget_settlements (reservation_id, budget) VALUES ($7, $1)
+    ON CONFLICT (reservation_id, budget) DO NOTHING
+    RETURNING 1
+  ), released AS (
     DELETE FROM budget_reservations WHERE $6::boolean AND id = $7 AND budget = $1
   )
   INSERT INTO budget_ledger (budget, period_start, period_key, currency, spent_nanos)
-  VALUES ($1, $2, $3, $4, $5::bigint)
+  SELECT $1, $2, $3, $4, $5::bigint WHERE EXISTS (SELECT 1 FROM settled)
   ON CONFLICT (budget, period_start, currency)
   DO UPDATE SET spent_nanos = budget_ledger.spent_nanos + EXCLUDED.spent_nanos, updated_at = now()`;
 
@@ -60,6 +73,11 @@ const RELEASE = 'DELETE FROM budget_reservations WHERE id = $1';
 /** Settle attempts before giving up (the reservation then expires; the cost stays in the host's view). */
 const SETTLE_ATTEMPTS = 3;
 const SETTLE_BACKOFF_MS = 1_000;
+/**
+ * Settlement rows outlive every retry of their settle (3 attempts, seconds apart) by far; kept at
+ * least this long, or fleet.reservation_ttl when longer.
+ */
+export const SETTLEMENT_KEEP_MS = 10 * 60_000;
 
 export interface PgBudgetLedgerOptions {
   fleet: FleetSettings;
@@ -89,6 +107,10 @@ export function openPgBudgetLedger(opts: PgBudgetLedgerOptions): PgBudgetLedger 
   });
   // An idle client losing its server must not crash the process; the next query reports it.
   pool.on('error', () => undefined);
+  // Nor a checked-out one (between the statements of a reserve or settle): pg emits 'error' on the
+  // client itself then, and without a listener Postgres restarting would crash the sidecar. The
+  // statement in progress, or the next one, fails and the caller handles that.
+  pool.on('connect', (c) => c.on('error', () => undefined));
   let schemaReady = false;
   let down = false;
   let closed = false;
@@ -130,6 +152,7 @@ export function openPgBudgetLedger(opts: PgBudgetLedgerOptions): PgBudgetLedger 
               String(h.limit),
               fleet.host,
               String(fleet.reservationTtlMs),
+              String(Math.max(fleet.reservationTtlMs, SETTLEMENT_KEEP_MS)),
             ]);
             const row = r.rows[0]!;
             if (!row.admitted) {

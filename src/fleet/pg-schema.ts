@@ -81,6 +81,22 @@ const PG_MIGRATION_2 = [
   'CREATE INDEX budget_reservations_period ON budget_reservations (budget, period_start, currency, expires_at)',
 ];
 
+/**
+ * Idempotent settle (src/fleet/budget-ledger.ts): one row per settled request and budget, inserted
+ * in the settle's transaction with `ON CONFLICT DO NOTHING`; the cost is added only when the row
+ * was new, so a settle retried after a COMMIT whose reply was lost does not add it twice. Rows are
+ * pruned with the expired reservations once older than the retry window.
+ */
+const PG_MIGRATION_3 = [
+  `CREATE TABLE budget_settlements (
+    reservation_id TEXT NOT NULL,
+    budget TEXT NOT NULL,
+    settled_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (reservation_id, budget)
+  )`,
+  'CREATE INDEX budget_settlements_budget_settled_at ON budget_settlements (budget, settled_at)',
+];
+
 interface PgMigration {
   version: number;
   description: string;
@@ -100,6 +116,12 @@ export const PG_MIGRATIONS: readonly PgMigration[] = [
     version: 2,
     description: 'shared block budgets: budget_ledger and budget_reservations',
     statements: PG_MIGRATION_2,
+    columns: [],
+  },
+  {
+    version: 3,
+    description: 'idempotent settle: budget_settlements',
+    statements: PG_MIGRATION_3,
     columns: [],
   },
 ];

@@ -11,6 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createBudgets, type BudgetRequest, type Budgets } from '../../src/budgets/index.js';
 import { BudgetConfig } from '../../src/config/schema.js';
 import { loadSettings } from '../../src/config/load.js';
+import type { SharedHold } from '../../src/budgets/types.js';
 import { openPgBudgetLedger, type PgBudgetLedger } from '../../src/fleet/budget-ledger.js';
 import { SILENT_LOGGER } from '../../src/log.js';
 import type { RequestStart } from '../../src/sinks/types.js';
@@ -177,6 +178,66 @@ describe.skipIf(skipWithoutPostgres())('shared block budgets (real Postgres)', (
     expect(admittedTotal).toBe(4);
     for (const h of hosts) expect(h.m.fallbacks.size).toBe(0);
   }, 30_000);
+
+  it('settle is idempotent: the same request settled twice (a retry after a lost COMMIT reply) adds its cost once', async () => {
+    const { ledger } = host('idem', []);
+    const hold: SharedHold = {
+      budget: 'idem-day',
+      periodStart: Date.parse('2026-11-23T00:00:00Z'),
+      periodKey: '2026-11-23',
+      periodEnd: Date.parse('2026-11-24T00:00:00Z'),
+      timezone: 'UTC',
+      period: 'day',
+      currency: 'USD',
+      limit: 50_000_000n,
+      amount: 10_000_000n,
+      onUnreachable: 'block',
+    };
+    expect(await ledger.reserve('req-idem-1', [hold])).toEqual({ admitted: true, reserved: true });
+    ledger.settle('req-idem-1', true, [{ hold, cost: 7_000_000n }]);
+    await waitFor(async () => (await books('idem-day')).n === 0);
+    // The retry: same id, same cost, after the first one committed.
+    ledger.settle('req-idem-1', true, [{ hold, cost: 7_000_000n }]);
+    // An unreserved (on_unreachable: local) settle of another request, twice, also counts once.
+    ledger.settle('req-idem-2', false, [{ hold, cost: 1_000_000n }]);
+    ledger.settle('req-idem-2', false, [{ hold, cost: 1_000_000n }]);
+    const admin = await server.connect();
+    try {
+      await waitFor(async () => {
+        const r = await admin.query<{ n: string }>(
+          "SELECT count(*)::text AS n FROM budget_settlements WHERE budget = 'idem-day'",
+        );
+        return r.rows[0]!.n === '2';
+      });
+      // Both retries have run (they are queued behind the first ones on the same pool): wait for them.
+      await ledger.close();
+      expect((await booksOf(admin, 'idem-day')).spent).toBe(8_000_000n);
+      const rows = await admin.query<{ reservation_id: string }>(
+        "SELECT reservation_id FROM budget_settlements WHERE budget = 'idem-day' ORDER BY 1",
+      );
+      expect(rows.rows.map((r) => r.reservation_id)).toEqual(['req-idem-1', 'req-idem-2']);
+    } finally {
+      await admin.end();
+    }
+  });
+
+  it('settlement rows are pruned with the expired reservations once older than the retry window', async () => {
+    const { gate } = host('prune', [budget('prune-day')]);
+    const admin = await server.connect();
+    try {
+      await admin.query(
+        "INSERT INTO budget_settlements (reservation_id, budget, settled_at) VALUES ('old', 'prune-day', now() - interval '1 day'), ('new', 'prune-day', now())",
+      );
+      const r = await admit(gate);
+      expect(r.reservation).toBeDefined();
+      const left = await admin.query<{ reservation_id: string }>(
+        "SELECT reservation_id FROM budget_settlements WHERE budget = 'prune-day' ORDER BY 1",
+      );
+      expect(left.rows.map((x) => x.reservation_id)).toEqual(['new']);
+    } finally {
+      await admin.end();
+    }
+  });
 
   it("a crashed host's reservation stops counting after fleet.reservation_ttl", async () => {
     const crashed = host('crashed', [budget('ttl-day', { limit: '0.02' })], { ttlMs: 400 });

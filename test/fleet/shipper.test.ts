@@ -45,7 +45,7 @@ describe.skipIf(skipWithoutPostgres())('fleet Postgres (real server)', () => {
   });
   beforeEach(async () => {
     await client.query(
-      'DROP TABLE IF EXISTS requests, tokenmeter_schema, budget_ledger, budget_reservations',
+      'DROP TABLE IF EXISTS requests, tokenmeter_schema, budget_ledger, budget_reservations, budget_settlements',
     );
     tmp = tempDir();
     dbPath = join(tmp.dir, 'audit.db');
