@@ -17,24 +17,6 @@ let generation = 0;
 
 const SINCE = ['1h', '24h', '7d', '30d', '90d'];
 const STATUS = ['2xx', '4xx', '5xx', 'none'];
-const ERROR_TYPES = [
-  'any',
-  'none',
-  'auth',
-  'insufficient_quota',
-  'rate_limited',
-  'bad_request',
-  'model_not_found',
-  'upstream_error',
-  'timeout',
-  'client_abort',
-  'stream_error',
-  'network',
-  'budget_exceeded',
-  'internal_error',
-];
-const USAGE_SOURCES = ['reported', 'estimated', 'none', 'missing'];
-const COST_SOURCES = ['computed', 'upstream', 'unpriced', 'none'];
 const REQUEST_FILTERS = [
   'since',
   'app',
@@ -131,9 +113,10 @@ async function requestsPage(params, gen) {
     input('model', filters.model, 'model'),
     input('upstream', filters.upstream, 'upstream'),
     select('status', STATUS, filters.status, 'status'),
-    select('error_type', ERROR_TYPES, filters.error_type, 'error'),
-    select('usage_source', USAGE_SOURCES, filters.usage_source, 'usage'),
-    select('cost_source', COST_SOURCES, filters.cost_source, 'cost'),
+    // Vocabularies from /-/api/status (src/record.ts): 'none' filters rows with no value.
+    select('error_type', ['any', 'none', ...(status.error_types ?? [])], filters.error_type, 'error'),
+    select('usage_source', status.usage_sources ?? [], filters.usage_source, 'usage'),
+    select('cost_source', [...(status.cost_sources ?? []), 'none'], filters.cost_source, 'cost'),
     h('button', { type: 'submit' }, 'Apply'),
     h(
       'label',

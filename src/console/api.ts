@@ -329,6 +329,10 @@ function statusRoute(deps: ApiDeps, req: Request, res: Response): void {
     auth: deps.settings.authToken !== undefined,
     upstreams: deps.settings.upstreams.map((u) => ({ name: u.name, host: u.url.host })),
     report_currency: deps.settings.reportCurrency ?? null,
+    // The filter vocabularies, from the record's own lists: the page keeps no copy of them.
+    error_types: ERROR_TYPES,
+    usage_sources: USAGE_SOURCES,
+    cost_sources: COST_SOURCES,
   });
 }
 

@@ -10,6 +10,7 @@ import { reportCommand } from '../../src/cli/report.js';
 import { formatNanos, nanosToDecimalText } from '../../src/pricing/money.js';
 import { rowToRecord } from '../../src/sinks/audit/row.js';
 import { CSP } from '../../src/console/index.js';
+import { COST_SOURCES, ERROR_TYPES, USAGE_SOURCES } from '../../src/record.js';
 import { runCli, ROOT, type Row } from '../e2e/helpers.js';
 import { call, getJson, sendTraffic, startConsoleWorld, type ConsoleWorld } from './world.js';
 
@@ -261,6 +262,12 @@ describe('GET /-/api/prices, /-/api/budgets, /-/api/status', () => {
     expect(pick(api!)).toEqual(pick(cli[0]!));
     const s = await getJson<Json>(world, '/-/api/status');
     expect(s.body).toMatchObject({ audit: true, capture_bodies: true, auth: false });
+    // The page's filter lists come from here, so they cannot drift from the record's.
+    expect(s.body).toMatchObject({
+      error_types: [...ERROR_TYPES],
+      usage_sources: [...USAGE_SOURCES],
+      cost_sources: [...COST_SOURCES],
+    });
   });
 });
 
