@@ -30,6 +30,8 @@ export interface Runtime {
   priceBook: TablePriceBook;
   /** Configured budgets, if any (the console's budgets page reads `status()`). */
   budgets?: Budgets;
+  /** The fleet shipper, in fleet mode with an audit file (the console's fleet page reads `status()`). */
+  shipper?: Shipper;
   metrics(): Promise<{ contentType: string; body: string }>;
   ready(): boolean;
   /** Flush and close every sink (bounded by each sink), stop timers. */
@@ -180,6 +182,7 @@ export async function buildRuntime(
     audit,
     priceBook,
     budgets,
+    shipper,
     metrics: () => metricsSink.render(),
     // Not ready while shutting down or while the audit log cannot write (records would queue and
     // then drop): an orchestrator should stop sending traffic here until it recovers.

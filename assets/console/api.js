@@ -2,9 +2,11 @@
 /* global location */
 
 export class ApiError extends Error {
-  constructor(status, message) {
+  /** `body`: the error answer as sent (some carry more than `error`, e.g. the fleet's 503). */
+  constructor(status, message, body = {}) {
     super(message);
     this.status = status;
+    this.body = body;
   }
 }
 
@@ -20,6 +22,6 @@ export async function get(path, params = {}) {
     throw new ApiError(401, 'not signed in');
   }
   const body = await res.json().catch(() => ({}));
-  if (!res.ok) throw new ApiError(res.status, body.error ?? `HTTP ${res.status}`);
+  if (!res.ok) throw new ApiError(res.status, body.error ?? `HTTP ${res.status}`, body);
   return body;
 }

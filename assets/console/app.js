@@ -1,6 +1,6 @@
 /*
  * The console's pages (docs/console.md): requests (live table with filters), one request's detail,
- * spend over time, budgets, prices. Hash routes (#/requests?app=x, #/requests/<id>, #/spend …) so
+ * spend over time, budgets, prices, reconcile, and the fleet (only with fleet.postgres). Hash routes (#/requests?app=x, #/requests/<id>, #/spend …) so
  * the server serves one static page. Every value from the API is placed with textContent (dom.js).
  */
 /* global document, window, location */
@@ -62,6 +62,30 @@ function input(name, value, labelText) {
     {},
     labelText,
     h('input', { name, value: value ?? '', type: 'text', autocomplete: 'off', spellcheck: 'false' }),
+  );
+}
+
+/** A labelled menu of [value, text] pairs. */
+function menu(name, labelText, pairs, value) {
+  return h(
+    'label',
+    {},
+    labelText,
+    h(
+      'select',
+      { name },
+      pairs.map(([v, t]) => h('option', { value: v, selected: v === value }, t)),
+    ),
+  );
+}
+
+/** The window menu; a link may name another `since` the API takes (a date), which it keeps. */
+function sinceMenu(since) {
+  return menu(
+    'since',
+    'since',
+    [...new Set([...SINCE, since])].map((o) => [o, o]),
+    since,
   );
 }
 
@@ -336,7 +360,8 @@ async function detailPage(id, gen) {
 
 // ---- spend -------------------------------------------------------------------------------------
 
-function totalsTable(rows, withKey) {
+/** The report's rows (`tokenmeter report --format json` groups or totals), one column per key. */
+function totalsTable(rows, keys) {
   return h(
     'table',
     { class: 'totals' },
@@ -346,16 +371,9 @@ function totalsTable(rows, withKey) {
       h(
         'tr',
         {},
-        [
-          ...(withKey ? [withKey] : []),
-          'currency',
-          'requests',
-          'cost',
-          'estimated',
-          'missing',
-          'unpriced',
-          'errors',
-        ].map((c) => h('th', {}, c)),
+        [...keys, 'currency', 'requests', 'cost', 'estimated', 'missing', 'unpriced', 'errors'].map((c) =>
+          h('th', {}, c),
+        ),
       ),
     ),
     h(
@@ -365,7 +383,7 @@ function totalsTable(rows, withKey) {
         h(
           'tr',
           {},
-          withKey ? h('td', {}, show(t[withKey])) : null,
+          keys.map((k) => h('td', {}, show(t[k]))),
           h('td', {}, show(t.currency)),
           h('td', { class: 'num' }, String(t.requests)),
           h('td', { class: 'num cost' }, show(t.cost)),
@@ -386,44 +404,27 @@ async function spendPage(params, gen) {
   const form = h(
     'form',
     { class: 'filters', id: 'spend-filters' },
-    h(
-      'label',
-      {},
-      'since',
-      h(
-        'select',
-        { name: 'since' },
-        SINCE.map((o) => h('option', { value: o, selected: o === since }, o)),
-      ),
-    ),
-    h(
-      'label',
-      {},
+    sinceMenu(since),
+    menu(
+      'by',
       'per',
-      h(
-        'select',
-        { name: 'by' },
-        [
-          ['', 'total'],
-          ['app', 'app'],
-          ['model', 'model'],
-          ['upstream', 'upstream'],
-        ].map(([v, t]) => h('option', { value: v, selected: v === by }, t)),
-      ),
+      [
+        ['', 'total'],
+        ['app', 'app'],
+        ['model', 'model'],
+        ['upstream', 'upstream'],
+      ],
+      by,
     ),
-    h(
-      'label',
-      {},
+    menu(
       'bucket',
-      h(
-        'select',
-        { name: 'bucket' },
-        [
-          ['', 'auto'],
-          ['hour', 'hour'],
-          ['day', 'day'],
-        ].map(([v, t]) => h('option', { value: v, selected: v === bucket }, t)),
-      ),
+      'bucket',
+      [
+        ['', 'auto'],
+        ['hour', 'hour'],
+        ['day', 'day'],
+      ],
+      bucket,
     ),
   );
   form.addEventListener('change', () =>
@@ -471,8 +472,8 @@ async function spendPage(params, gen) {
         )
       : null,
     h('h2', {}, 'Totals per currency'),
-    totalsTable(spend.totals, null),
-    by ? [h('h2', {}, `Per ${by}`), totalsTable(spend.groups, by)] : null,
+    totalsTable(spend.totals, []),
+    by ? [h('h2', {}, `Per ${by}`), totalsTable(spend.groups, [by])] : null,
   );
 }
 
@@ -705,16 +706,7 @@ async function reconcilePage(params, gen) {
   const form = h(
     'form',
     { class: 'filters', id: 'reconcile-filters' },
-    h(
-      'label',
-      {},
-      'since',
-      h(
-        'select',
-        { name: 'since' },
-        SINCE.map((o) => h('option', { value: o, selected: o === since }, o)),
-      ),
-    ),
+    sinceMenu(since),
     select('upstream', names, upstream, 'upstream'),
   );
   form.addEventListener('change', () =>
@@ -813,6 +805,146 @@ async function reconcilePage(params, gen) {
   );
 }
 
+// ---- fleet -------------------------------------------------------------------------------------
+
+const FLEET_BY = [
+  ['host', 'host'],
+  ['host,app', 'host, app'],
+  ['host,model', 'host, model'],
+  ['app', 'app'],
+  ['model', 'model'],
+  ['upstream', 'upstream'],
+  ['', 'total only'],
+];
+
+/** How long ago, roughly: 42 s, 17 min, 5.2 h, 3.0 d. */
+function age(ms) {
+  if (ms < 0) return 'in the future (clock skew?)';
+  const s = ms / 1000;
+  if (s < 120) return `${Math.round(s)} s`;
+  if (s < 7200) return `${Math.round(s / 60)} min`;
+  if (s < 172800) return `${(s / 3600).toFixed(1)} h`;
+  return `${(s / 86400).toFixed(1)} d`;
+}
+
+/** This host's own shipper, from the answer (also sent with a 503 when Postgres is down). */
+function thisHostSection(data) {
+  const s = data.shipper;
+  return [
+    h('h2', {}, `This host (${data.this_host})`),
+    s
+      ? h(
+          'dl',
+          { class: 'fields', id: 'shipper' },
+          [
+            ['shipper', s.state],
+            ['rows not yet shipped', show(s.lag_rows)],
+            ['shipped since start', String(s.shipped)],
+            ['failed passes in a row', String(s.failures)],
+            ['last reached Postgres', show(s.last_success)],
+          ].map(([k, v]) => [h('dt', {}, k), h('dd', {}, v)]),
+        )
+      : h('p', { class: 'muted' }, 'This host does not ship (no audit DB file).'),
+  ];
+}
+
+function shippingTable(hosts) {
+  if (hosts.length === 0) return h('p', { class: 'muted' }, 'No host has shipped rows yet.');
+  return h(
+    'table',
+    { id: 'fleet-hosts' },
+    h(
+      'thead',
+      {},
+      h(
+        'tr',
+        {},
+        ['host', 'rows in Postgres', 'newest record (UTC)', 'age'].map((c) => h('th', {}, c)),
+      ),
+    ),
+    h(
+      'tbody',
+      {},
+      hosts.map((x) =>
+        h(
+          'tr',
+          { 'data-host': x.host },
+          h('td', {}, x.host),
+          h('td', { class: 'num' }, String(x.rows)),
+          h('td', {}, time(x.newest_ts_start)),
+          h('td', { class: 'num' }, age(x.newest_age_ms)),
+        ),
+      ),
+    ),
+  );
+}
+
+/** Every host at once from the fleet Postgres: `tokenmeter report --fleet`, and who ships what. */
+async function fleetPage(params, gen) {
+  const since = params.get('since') || '24h';
+  // A link may name any window the API takes (`until` too); a change of menu keeps it.
+  const until = params.get('until') ?? '';
+  const by = params.get('by') ?? 'host';
+  const form = h(
+    'form',
+    { class: 'filters', id: 'fleet-filters' },
+    sinceMenu(since),
+    menu('by', 'per', FLEET_BY, by),
+  );
+  form.addEventListener('change', () =>
+    go(
+      '/fleet',
+      new URLSearchParams({ since: form.elements.since.value, until, by: form.elements.by.value }),
+    ),
+  );
+  const title = h('h1', {}, 'Fleet');
+  mount(view, title, form, h('p', { class: 'muted' }, 'Loading…'));
+  let data;
+  try {
+    data = await get('fleet', { since, until, by });
+  } catch (e) {
+    if (gen !== generation) return;
+    // Postgres down (503) still says how this host's shipper is doing.
+    view.replaceChildren(title, form, failure(e));
+    if (e.body?.this_host) view.append(...thisHostSection(e.body));
+    return;
+  }
+  if (gen !== generation) return;
+  const keys = by === '' ? [] : by.split(',');
+  const c = data.converted;
+  mount(
+    view,
+    title,
+    form,
+    h(
+      'p',
+      { class: 'muted' },
+      `${data.from} .. ${data.to}: every host's rows shipped to ${data.postgres} (a host's unshipped backlog is not in here yet).`,
+    ),
+    h('h2', {}, 'Totals per currency'),
+    data.totals.length === 0
+      ? h('p', { class: 'notice' }, 'No requests in this window.')
+      : totalsTable(data.totals, []),
+    c
+      ? h(
+          'p',
+          {},
+          `Converted total: ${c.cost} ${c.currency}`,
+          c.unconverted.length > 0 ? ` (excludes ${c.unconverted.join(', ')}: no FX rate)` : '',
+        )
+      : null,
+    keys.length > 0 ? [h('h2', {}, `Per ${keys.join(', ')}`), totalsTable(data.groups, keys)] : null,
+    h('h2', {}, 'Shipping per host'),
+    h(
+      'p',
+      { class: 'muted' },
+      'All rows in Postgres, any time. A host whose newest record is far older than the others has stopped shipping (or had no traffic): check its tokenmeter_fleet_ship_lag_rows.',
+    ),
+    shippingTable(data.hosts),
+    thisHostSection(data),
+  );
+}
+
 // ---- shell -------------------------------------------------------------------------------------
 
 async function render() {
@@ -826,6 +958,7 @@ async function render() {
   if (page === 'budgets') return budgetsPage(params, gen);
   if (page === 'prices') return pricesPage(params, gen);
   if (page === 'reconcile') return reconcilePage(params, gen);
+  if (page === 'fleet') return fleetPage(params, gen);
   return requestsPage(params, gen);
 }
 
@@ -835,6 +968,8 @@ async function start() {
     document.getElementById('status').textContent =
       `v${status.version} · ${status.upstreams.map((u) => `${u.name}=${u.host}`).join(', ')}`;
     document.getElementById('logout').hidden = !status.auth;
+    // Only with fleet.postgres configured: there is nothing to show otherwise.
+    document.querySelector('nav a[data-page=fleet]').hidden = !status.fleet;
     if (!status.audit) {
       banner.textContent = `Audit log off: ${status.audit_reason}`;
       banner.hidden = false;

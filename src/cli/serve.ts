@@ -38,7 +38,13 @@ export async function startServe(
   const consoleApp =
     settings.console === false
       ? undefined
-      : createConsole({ settings, priceBook: runtime.priceBook, budgets: runtime.budgets, log });
+      : createConsole({
+          settings,
+          priceBook: runtime.priceBook,
+          budgets: runtime.budgets,
+          shipper: runtime.shipper,
+          log,
+        });
   const proxy = createProxyServer({
     settings,
     meter: runtime.meter,

@@ -10,21 +10,27 @@ import express, { type Request, type Response, type Router } from 'express';
 import type { Budgets } from '../budgets/index.js';
 import { statusToJson } from '../cli/budgets.js';
 import { priceRows } from '../cli/prices.js';
-import { parseBy, parseTimeBound } from '../cli/report.js';
+import { parseBy, parseTimeBound, reportToJson } from '../cli/report.js';
 import type { Settings } from '../config/types.js';
 import { UsageError } from '../errors.js';
+import { FLEET_NOT_CONFIGURED } from '../fleet/connect.js';
+import type { ShipperStatus } from '../fleet/shipper.js';
 import { formatNanos, nanosToDecimalText } from '../pricing/money.js';
 import type { TablePriceBook } from '../pricing/index.js';
 import { COST_SOURCES, ERROR_TYPES, OPERATIONS, USAGE_SOURCES } from '../record.js';
+import { FLEET_REPORT_DIMENSIONS } from '../sinks/audit/queries.js';
 import { rowToRecord } from '../sinks/audit/row.js';
+import type { FleetAnswer, FleetView } from './fleet.js';
 import { SPEND_DIMENSIONS, type RequestFilter, type StoredRow } from './queries.js';
-import type { AuditReader } from './reader.js';
+import { ConsoleUnavailable, type AuditReader } from './reader.js';
 
 export interface ApiDeps {
   settings: Settings;
   reader: AuditReader;
   priceBook: TablePriceBook;
   budgets?: Budgets;
+  /** The fleet Postgres view; absent without `fleet.postgres` (the endpoint is then a 404). */
+  fleet?: FleetView;
   version: string;
   now?: () => number;
 }
@@ -308,6 +314,67 @@ async function reconcileRoute(deps: ApiDeps, req: Request, res: Response): Promi
   res.json({ audit: true, ...answer });
 }
 
+function shipperJson(s: ShipperStatus): Record<string, unknown> {
+  return {
+    state: s.state,
+    lag_rows: s.lagRows ?? null,
+    shipped: s.shipped,
+    failures: s.failures,
+    last_success: s.lastSuccessMs === undefined ? null : new Date(s.lastSuccessMs).toISOString(),
+  };
+}
+
+/** This host's name and shipper state: shown even when Postgres is down (the 503 carries it too). */
+function thisHost(fleet: FleetView): Record<string, unknown> {
+  const s = fleet.shipperStatus();
+  return { this_host: fleet.host, shipper: s === undefined ? null : shipperJson(s) };
+}
+
+/**
+ * Every host at once from the fleet Postgres: `tokenmeter report --fleet --format json` for the
+ * window (`by` may name `host`), plus each host's rows and newest record there (docs/console.md).
+ */
+async function fleetRoute(deps: ApiDeps, req: Request, res: Response): Promise<void> {
+  const nowMs = (deps.now ?? Date.now)();
+  const p = params(req, ['since', 'until', 'by']);
+  const w = window(p, nowMs, '24h');
+  const by = parseBy(p.by, FLEET_REPORT_DIMENSIONS);
+  const fleet = deps.fleet;
+  if (!fleet) {
+    res.status(404).json({ error: `${FLEET_NOT_CONFIGURED} (docs/fleet.md)` });
+    return;
+  }
+  let answer: FleetAnswer;
+  try {
+    answer = await fleet.read({
+      fromMs: w.fromMs!,
+      toMs: w.toMs ?? nowMs,
+      by,
+      reportCurrency: deps.settings.reportCurrency,
+      fx: deps.settings.fx,
+    });
+  } catch (err) {
+    if (!(err instanceof ConsoleUnavailable)) throw err;
+    res
+      .status(err.status)
+      .set('Retry-After', '5')
+      .json({ error: err.message, ...thisHost(fleet) });
+    return;
+  }
+  res.json({
+    ...reportToJson(answer.report),
+    postgres: fleet.postgres,
+    ...thisHost(fleet),
+    hosts: answer.hosts.map((h) => ({
+      host: h.host,
+      rows: h.rows,
+      newest_ts_start: h.newestMs,
+      newest: new Date(h.newestMs).toISOString(),
+      newest_age_ms: nowMs - h.newestMs,
+    })),
+  });
+}
+
 function budgetsRoute(deps: ApiDeps, req: Request, res: Response): void {
   params(req, []);
   const state = deps.reader.state();
@@ -329,6 +396,8 @@ function statusRoute(deps: ApiDeps, req: Request, res: Response): void {
     auth: deps.settings.authToken !== undefined,
     upstreams: deps.settings.upstreams.map((u) => ({ name: u.name, host: u.url.host })),
     report_currency: deps.settings.reportCurrency ?? null,
+    // The Fleet page is offered only when there is a fleet Postgres to read.
+    fleet: deps.fleet !== undefined,
     // The filter vocabularies, from the record's own lists: the page keeps no copy of them.
     error_types: ERROR_TYPES,
     usage_sources: USAGE_SOURCES,
@@ -352,5 +421,6 @@ export function apiRouter(deps: ApiDeps): Router {
   r.get('/budgets', route(budgetsRoute));
   r.get('/prices', route(pricesRoute));
   r.get('/reconcile', route(reconcileRoute));
+  r.get('/fleet', route(fleetRoute));
   return r;
 }

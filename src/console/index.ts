@@ -17,6 +17,7 @@ import { TokenmeterError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { TablePriceBook } from '../pricing/index.js';
 import { apiRouter } from './api.js';
+import { FleetView, type ShipperView } from './fleet.js';
 import {
   CLEAR_SESSION_COOKIE,
   authorized,
@@ -38,6 +39,8 @@ export interface ConsoleOptions {
   settings: Settings;
   priceBook: TablePriceBook;
   budgets?: Budgets;
+  /** This host's fleet shipper (fleet mode with an audit file), for the fleet page's own-host row. */
+  shipper?: ShipperView;
   log: Logger;
   /** Override of the static assets directory (tests). */
   assetsDir?: string;
@@ -49,7 +52,7 @@ export interface ConsoleOptions {
 export interface Console {
   /** For `AdminHooks.console`: every request whose path starts with `/-/`. */
   handler(req: IncomingMessage, res: ServerResponse): void;
-  /** Stops the reader thread (and its read connection to the audit log). */
+  /** Stops the reader thread (and its read connection to the audit log) and ends the fleet pool. */
   close(): void;
 }
 
@@ -105,6 +108,8 @@ export function createConsole(opts: ConsoleOptions): Console {
   const { settings, log } = opts;
   const token = settings.authToken;
   const reader = new AuditReader(settings.db, { ...opts.reader, log });
+  // Its pool connects on the first fleet request, not here: no fleet page visited, no connection.
+  const fleet = settings.fleet ? new FleetView(settings.fleet, opts.shipper) : undefined;
   const app = express();
   app.disable('x-powered-by');
   app.set('etag', false);
@@ -165,6 +170,7 @@ export function createConsole(opts: ConsoleOptions): Console {
       reader,
       priceBook: opts.priceBook,
       budgets: opts.budgets,
+      fleet,
       version: packageVersion(),
       now: opts.now,
     }),
@@ -224,6 +230,9 @@ export function createConsole(opts: ConsoleOptions): Console {
     handler: (req, res) => {
       app(req as Request, res as Response);
     },
-    close: () => reader.close(),
+    close: () => {
+      reader.close();
+      fleet?.close();
+    },
   };
 }

@@ -20,12 +20,13 @@
  *
  * Used only in fleet mode; a single tokenmeter never loads `pg` on its request path.
  */
-import pg from 'pg';
+import type pg from 'pg';
 import type { SharedBudgetLedger, SharedHold, SharedVerdict } from '../budgets/types.js';
 import type { FleetSettings } from '../config/types.js';
 import type { Logger } from '../log.js';
 import { formatNanos } from '../pricing/money.js';
 import type { FleetBudgetMetrics } from '../sinks/metrics.js';
+import { openFleetPool } from './connect.js';
 import { migratePg } from './pg-schema.js';
 import { redactSecret } from './redact.js';
 
@@ -98,19 +99,14 @@ export function openPgBudgetLedger(opts: PgBudgetLedgerOptions): PgBudgetLedger 
   const { fleet, metrics, log } = opts;
   const url = fleet.postgres.url;
   const timeoutMs = fleet.budgetTimeoutMs;
-  const pool = new pg.Pool({
-    connectionString: url,
+  // Postgres restarting (an idle client, or one between the statements of a reserve or settle)
+  // must not crash the sidecar: openFleetPool listens for both; the statement fails instead.
+  const pool = openFleetPool(url, {
     max: fleet.postgres.poolSize,
     connectionTimeoutMillis: timeoutMs,
     // A statement stuck on a lock must not hold a pooled connection for ever.
     statement_timeout: Math.max(timeoutMs * 5, 10_000),
   });
-  // An idle client losing its server must not crash the process; the next query reports it.
-  pool.on('error', () => undefined);
-  // Nor a checked-out one (between the statements of a reserve or settle): pg emits 'error' on the
-  // client itself then, and without a listener Postgres restarting would crash the sidecar. The
-  // statement in progress, or the next one, fails and the caller handles that.
-  pool.on('connect', (c) => c.on('error', () => undefined));
   let schemaReady = false;
   let down = false;
   let closed = false;

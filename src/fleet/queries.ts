@@ -51,6 +51,28 @@ export async function queryFleetSpendByDay(
   return r.rows.map((row) => ({ day: row.day, currency: row.currency, cost_nanos: BigInt(row.cost_nanos) }));
 }
 
+/** What one host has shipped: its rows in Postgres and its newest record's start. */
+export interface FleetHostRows {
+  host: string;
+  rows: number;
+  /** Epoch ms of the newest `ts_start` (a sidecar that stopped shipping falls behind the others). */
+  newestMs: number;
+}
+
+/**
+ * Every host's rows in the fleet table, in byte order of the name. Over the whole table, not a
+ * window: a host that stopped shipping last week must still show up (an index-only scan of
+ * `(host, ts_start)`; callers bound it with a statement timeout).
+ */
+export async function queryFleetHosts(client: pg.ClientBase): Promise<FleetHostRows[]> {
+  const r = await client.query<{ host: string; rows: string; newest: string }>(
+    `SELECT host, count(*) AS rows, max(ts_start) AS newest
+     FROM requests GROUP BY host ORDER BY host COLLATE "C"`,
+  );
+  // bigint arrives as text; row counts and epoch ms are far below 2^53.
+  return r.rows.map((row) => ({ host: row.host, rows: Number(row.rows), newestMs: Number(row.newest) }));
+}
+
 /** Rows deleted per statement: short transactions, so shipping sidecars never wait long on locks. */
 export const PRUNE_BATCH_ROWS = 5_000;
 

@@ -49,10 +49,24 @@ export const FLEET_RETENTION_INTERVAL_MS = 3_600_000;
 
 export type ShipperState = 'starting' | 'shipping' | 'backing-off' | 'refused' | 'stopped';
 
+/** What the console's fleet page shows about this host's own shipping (docs/console.md). */
+export interface ShipperStatus {
+  state: ShipperState;
+  /** Rows committed to Postgres by this shipper since it started. */
+  shipped: number;
+  /** Local rows not yet in Postgres as of the last pass (the lag gauge); undefined before one. */
+  lagRows: number | undefined;
+  /** Failed passes in a row; 0 once one succeeds. */
+  failures: number;
+  /** Epoch ms of the last pass that reached Postgres (shipped a batch, or found nothing new). */
+  lastSuccessMs: number | undefined;
+}
+
 export interface Shipper {
   state(): ShipperState;
   /** Rows committed to Postgres by this shipper since it started. */
   shipped(): number;
+  status(): ShipperStatus;
   /** Stops the loop after the batch in flight (if any) and closes the pool. */
   stop(): Promise<void>;
 }
@@ -98,6 +112,8 @@ class FleetShipper implements Shipper {
   private current: ShipperState = 'starting';
   private shippedRows = 0;
   private failures = 0;
+  private lagRows: number | undefined;
+  private lastSuccessMs: number | undefined;
   private timer: NodeJS.Timeout | undefined;
   private retentionTimer: NodeJS.Timeout | undefined;
   private pruning: Promise<void> | undefined;
@@ -158,6 +174,16 @@ class FleetShipper implements Shipper {
     return this.shippedRows;
   }
 
+  status(): ShipperStatus {
+    return {
+      state: this.current,
+      shipped: this.shippedRows,
+      lagRows: this.lagRows,
+      failures: this.failures,
+      lastSuccessMs: this.lastSuccessMs,
+    };
+  }
+
   async stop(): Promise<void> {
     if (this.current === 'stopped') return;
     const wasRunning = this.running;
@@ -184,6 +210,7 @@ class FleetShipper implements Shipper {
       const full = await this.shipBatch();
       if (this.current === 'stopped') return;
       this.failures = 0;
+      this.lastSuccessMs = Date.now();
       this.current = 'shipping';
       if (full) next = 0; // behind: keep going without waiting
     } catch (err) {
@@ -263,6 +290,7 @@ class FleetShipper implements Shipper {
         .get(this.mark.rowid) as {
         n: number;
       };
+      this.lagRows = r.n;
       this.opts.metrics.lag(r.n);
     } catch {
       // The gauge keeps its last value; the next tick tries again.

@@ -271,6 +271,18 @@ describe('GET /-/api/prices, /-/api/budgets, /-/api/status', () => {
   });
 });
 
+describe('GET /-/api/fleet without fleet: (test/console/fleet.test.ts has it with Postgres)', () => {
+  it('is a 404 saying how to turn it on, still checks its parameters; status says fleet: false', async () => {
+    const r = await getJson<{ error: string }>(world, '/-/api/fleet?by=host');
+    expect(r.status).toBe(404);
+    expect(r.body.error).toBe(
+      'fleet.postgres is not configured: set fleet.postgres.url in the config file or TOKENMETER_PG_URL (docs/fleet.md)',
+    );
+    expect((await getJson(world, '/-/api/fleet?modle=x')).status).toBe(400);
+    expect((await getJson<Json>(world, '/-/api/status')).body.fleet).toBe(false);
+  });
+});
+
 describe('the admin surface', () => {
   it('sends the strict CSP and nosniff on every console answer, no-store on the API', async () => {
     for (const path of ['/-/api/status', '/-/ui/', '/-/ui/app.js', '/-/api/requests?since=bad', '/-/nope']) {

@@ -1,59 +1,27 @@
 /**
- * The console in a real browser: Debian's Chromium driven by playwright-core, against a running
- * `tokenmeter serve` after real SDK traffic, including a request whose model is an XSS probe.
- * Without /usr/bin/chromium the test skips with a printed reason, except with CI=true (.ci/run
- * installs it).
+ * The console in a real browser (./chromium.ts), against a running `tokenmeter serve` after real
+ * SDK traffic, including a request whose model is an XSS probe.
  */
-import { existsSync } from 'node:fs';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { formatNanos } from '../../src/pricing/money.js';
 import type { Row } from '../e2e/helpers.js';
+import { launchChromium, skipWithoutChromium, watchedPage } from './chromium.js';
 import { XSS_MODEL, sendTraffic, startConsoleWorld, type ConsoleWorld } from './world.js';
 
-const CHROMIUM = '/usr/bin/chromium';
-const available = existsSync(CHROMIUM);
-if (!available && process.env.CI !== 'true')
-  console.warn(`test/console/browser.test.ts skipped: ${CHROMIUM} is missing (apt-get install chromium)`);
-
-describe.skipIf(!available && process.env.CI !== 'true')('the console in Chromium', () => {
+describe.skipIf(skipWithoutChromium('test/console/browser.test.ts'))('the console in Chromium', () => {
   let world: ConsoleWorld;
   let rows: Row[];
   let browser: Browser;
   let page: Page;
-  const problems: string[] = [];
-  let dialogs = 0;
+  let problems: string[];
+  let dialogs: () => number;
 
   beforeAll(async () => {
     world = await startConsoleWorld();
     rows = await sendTraffic(world, { xss: true });
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: [
-        '--headless',
-        '--no-sandbox',
-        '--disable-gpu',
-        '--disable-quic',
-        '--no-first-run',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-      ],
-    });
-    page = await browser.newPage();
-    page.on('dialog', (d) => {
-      dialogs++;
-      void d.dismiss();
-    });
-    // Console errors include CSP violations ("Refused to …") and failed loads.
-    page.on('console', (m) => {
-      if (m.type() === 'error' || m.type() === 'warning') problems.push(m.text());
-    });
-    page.on('pageerror', (e) => problems.push(e.message));
-    // A fetch cut short by the test's own navigation (net::ERR_ABORTED) is not a page problem.
-    page.on('requestfailed', (r) => {
-      if (r.failure()?.errorText !== 'net::ERR_ABORTED') problems.push(`failed: ${r.url()}`);
-    });
+    browser = await launchChromium();
+    ({ page, problems, dialogs } = await watchedPage(browser));
   });
   afterAll(async () => {
     await browser?.close();
@@ -82,7 +50,7 @@ describe.skipIf(!available && process.env.CI !== 'true')('the console in Chromiu
     const shown = await page.textContent(`tr[data-id="${probe.id}"] td.model`);
     expect(shown).toBe(XSS_MODEL);
     expect(await page.$$eval('img', (imgs) => imgs.length)).toBe(0);
-    expect(dialogs).toBe(0);
+    expect(dialogs()).toBe(0);
   });
 
   it('narrows the table with a filter', async () => {
@@ -166,8 +134,13 @@ describe.skipIf(!available && process.env.CI !== 'true')('the console in Chromiu
     expect(await page.$eval('nav a.active', (a) => a.textContent)).toBe('Reconcile');
   });
 
+  it('offers no Fleet tab without fleet.postgres (test/console/fleet.test.ts has the page)', async () => {
+    expect(await page.isHidden('nav a[data-page=fleet]')).toBe(true);
+    expect(await page.isVisible('nav a[data-page=reconcile]')).toBe(true);
+  });
+
   it('had no console errors, CSP violations or dialogs on any page', () => {
     expect(problems).toEqual([]);
-    expect(dialogs).toBe(0);
+    expect(dialogs()).toBe(0);
   });
 });

@@ -1,6 +1,9 @@
 /** Shared pieces of the fleet tests: a local audit DB with rows, and a shipper's recorded metrics. */
+import { join } from 'node:path';
 import type Database from 'better-sqlite3';
 import type { FleetSettings } from '../../src/config/types.js';
+import { startShipper } from '../../src/fleet/shipper.js';
+import { SILENT_LOGGER } from '../../src/log.js';
 import { openDatabase, quoteIdent, REQUEST_COLUMN_NAMES } from '../../src/sinks/audit/migrations.js';
 import { recordToRow } from '../../src/sinks/audit/row.js';
 import type { FleetShipMetrics } from '../../src/sinks/metrics.js';
@@ -30,6 +33,62 @@ export function records(n: number, base = Date.UTC(2026, 10, 20)): RequestRecord
       cost_nanos: 1_000_000_007 * (i + 1),
     }),
   );
+}
+
+/** The UTC day the two-host fleet's records lead up to (they span the 24 h before it). */
+export const FLEET_DAY = Date.UTC(2026, 10, 20);
+/** A report window (`--since`/`--until`, or the console's `since`/`until`) holding every one of them. */
+export const FLEET_WINDOW = { since: '2026-11-18', until: '2026-11-22' };
+
+/** Mixed currencies, unpriced and estimated rows, and costs whose sum passes 2^53 nanos. */
+export function hostRecords(salt: number): RequestRecord[] {
+  const out: RequestRecord[] = [];
+  for (let i = 0; i < 30; i++) {
+    const kind = i % 5;
+    out.push(
+      fullRecord({
+        ts_start: FLEET_DAY - 86_400_000 + i * 3_600_000 + salt,
+        ts_end: FLEET_DAY - 86_400_000 + i * 3_600_000 + salt + 5,
+        app: i % 2 === 0 ? 'billing-bot' : 'search',
+        request_model: i % 3 === 0 ? 'gpt-4o' : 'deepseek-chat',
+        currency: kind === 4 ? null : kind === 3 ? 'USD' : 'CNY',
+        cost_nanos: kind === 4 ? null : 1_234_567_890_123_457 + i * 1_000_003 + salt,
+        cost_source: kind === 4 ? 'unpriced' : 'computed',
+        usage_source: i % 7 === 0 ? 'estimated' : 'reported',
+      }),
+    );
+  }
+  return out;
+}
+
+/**
+ * A fleet of `hosts`: each gets its own audit DB in `dir` holding `hostRecords(n * 17)` (n its
+ * index), shipped to the Postgres at `url` by the real shipper, which is then stopped. Returns each
+ * host's DB path and records.
+ */
+export async function shipHosts(
+  url: string,
+  dir: string,
+  hosts: readonly string[],
+): Promise<Record<string, { dbPath: string; records: RequestRecord[] }>> {
+  const out: Record<string, { dbPath: string; records: RequestRecord[] }> = {};
+  for (const [n, host] of hosts.entries()) {
+    const dbPath = join(dir, `${host}.db`);
+    const rows = hostRecords(n * 17);
+    out[host] = { dbPath, records: rows };
+    const local = openAuditDb(dbPath);
+    insertRecords(local, rows);
+    local.close();
+    const shipper = startShipper({
+      dbPath,
+      fleet: { ...fleetSettings(url), host },
+      metrics: recordedMetrics(),
+      log: SILENT_LOGGER,
+    });
+    await waitFor(() => shipper.shipped() === rows.length);
+    await shipper.stop();
+  }
+  return out;
 }
 
 export interface RecordedMetrics extends FleetShipMetrics {

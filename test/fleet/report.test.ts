@@ -4,7 +4,6 @@
  * reports per currency, exact to the nano, beyond 2^53; `--by host`; clear errors; bounded prune.
  */
 import { join } from 'node:path';
-import type Database from 'better-sqlite3';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { reportCommand, reportFleetCommand } from '../../src/cli/report.js';
@@ -12,35 +11,22 @@ import { pruneFleetCommand } from '../../src/cli/db.js';
 import { startShipper } from '../../src/fleet/shipper.js';
 import { pruneFleetBefore } from '../../src/fleet/queries.js';
 import { SILENT_LOGGER } from '../../src/log.js';
-import type { RequestRecord } from '../../src/record.js';
 import { fullRecord, tempDir, type TempDir } from '../audit/records.js';
-import { fleetSettings, insertRecords, openAuditDb, recordedMetrics, waitFor } from './fixtures.js';
+import {
+  FLEET_DAY,
+  FLEET_WINDOW,
+  fleetSettings,
+  insertRecords,
+  openAuditDb,
+  recordedMetrics,
+  shipHosts,
+  waitFor,
+} from './fixtures.js';
 import { skipWithoutPostgres, startPostgres, type PgServer } from './postgres.js';
 
-const DAY = Date.UTC(2026, 10, 20);
+const DAY = FLEET_DAY;
 const NOW = DAY + 86_400_000;
-const WINDOW = { since: '2026-11-18', until: '2026-11-22' };
-
-/** Mixed currencies, unpriced and estimated rows, and costs whose sum passes 2^53 nanos. */
-function hostRecords(salt: number): RequestRecord[] {
-  const out: RequestRecord[] = [];
-  for (let i = 0; i < 30; i++) {
-    const kind = i % 5;
-    out.push(
-      fullRecord({
-        ts_start: DAY - 86_400_000 + i * 3_600_000 + salt,
-        ts_end: DAY - 86_400_000 + i * 3_600_000 + salt + 5,
-        app: i % 2 === 0 ? 'billing-bot' : 'search',
-        request_model: i % 3 === 0 ? 'gpt-4o' : 'deepseek-chat',
-        currency: kind === 4 ? null : kind === 3 ? 'USD' : 'CNY',
-        cost_nanos: kind === 4 ? null : 1_234_567_890_123_457 + i * 1_000_003 + salt,
-        cost_source: kind === 4 ? 'unpriced' : 'computed',
-        usage_source: i % 7 === 0 ? 'estimated' : 'reported',
-      }),
-    );
-  }
-  return out;
-}
+const WINDOW = FLEET_WINDOW;
 
 interface JsonTotal {
   currency: string | null;
@@ -65,21 +51,8 @@ describe.skipIf(skipWithoutPostgres())('report --fleet and fleet retention (real
     server = await startPostgres();
     client = await server.connect();
     tmp = tempDir();
-    for (const [n, host] of hosts.entries()) {
-      const dbPath = join(tmp.dir, `${host}.db`);
-      dbPaths[host] = dbPath;
-      const local: Database.Database = openAuditDb(dbPath);
-      insertRecords(local, hostRecords(n * 17));
-      local.close();
-      const shipper = startShipper({
-        dbPath,
-        fleet: { ...fleetSettings(server.url), host },
-        metrics: recordedMetrics(),
-        log: SILENT_LOGGER,
-      });
-      await waitFor(() => shipper.shipped() === 30);
-      await shipper.stop();
-    }
+    const fleet = await shipHosts(server.url, tmp.dir, hosts);
+    for (const host of hosts) dbPaths[host] = fleet[host]!.dbPath;
   }, 60_000);
   afterAll(async () => {
     await client?.end();
