@@ -103,6 +103,8 @@ export interface AuditSink extends Sink {
 
 /** Retention runs at start and then hourly. */
 const RETENTION_INTERVAL_MS = 3_600_000;
+/** Group commit's longest wait before rows go to the writer thread (see `scheduleLinger`). */
+const GROUP_COMMIT_LINGER_MS = 5;
 /**
  * The writer's lock wait. With the writer thread it no longer stalls the event loop, but it stays
  * short: a lock is retried with backoff (and reported) rather than waited out. The main thread's
@@ -214,6 +216,8 @@ class AuditLog implements AuditSink {
   private closed = false;
   private closeDone: Promise<void> | undefined;
   private flushScheduled = false;
+  private lingerTimer: NodeJS.Timeout | undefined;
+  private readonly lingerMs: number;
   private readonly failing = new Set<string>();
   private failingSince: number | undefined;
   private readonly flushTimer: NodeJS.Timeout;
@@ -224,6 +228,7 @@ class AuditLog implements AuditSink {
     this.log = opts.log;
     this.now = opts.now ?? Date.now;
     this.batchSize = Math.max(1, Math.floor(opts.batchSize));
+    this.lingerMs = Math.max(0, Math.min(GROUP_COMMIT_LINGER_MS, opts.flushIntervalMs));
     this.minBackoff = opts.minBackoffMs ?? 100;
     this.maxBackoff = opts.maxBackoffMs ?? 5000;
     this.lockGraceMs = opts.unhealthyAfterLockedMs ?? 1000;
@@ -298,7 +303,22 @@ class AuditLog implements AuditSink {
       else this.dropped(1, 'queue_full');
     }
     this.reportDepth();
-    if (this.queue.length >= this.batchSize && this.now() >= this.retryAt) this.scheduleSoon();
+    if (this.now() >= this.retryAt) {
+      if (this.queue.length >= this.batchSize) this.scheduleSoon();
+      else if (this.groupCommit()) this.scheduleLinger();
+    }
+  }
+
+  /**
+   * Group commit (docs/audit.md, Flushing): with the writer on its own thread, rows go to it as
+   * soon as it is free (after a few ms' linger), so a batch is what arrived during the previous
+   * job. Under load batches grow by themselves (one job in flight at a time). Rows held for a
+   * 500-row batch or the 100 ms tick lived long enough to be promoted to V8's old generation, and
+   * collecting them there cost more than the whole INSERT (issue 11, docs/audit.md).
+   * The main-thread writer keeps full batches: there each job runs on the event loop.
+   */
+  private groupCommit(): boolean {
+    return this.inFlight === undefined && this.backend.where === 'thread';
   }
 
   capture(recordId: string, request?: Buffer, response?: Buffer): void {
@@ -395,6 +415,7 @@ class AuditLog implements AuditSink {
   private async closeOnce(): Promise<void> {
     this.closing = true;
     clearInterval(this.flushTimer);
+    clearTimeout(this.lingerTimer);
     clearInterval(this.retentionTimer);
     // Real time, not `now`: a test clock must not make close() wait forever.
     const deadline = Date.now() + (this.opts.closeTimeoutMs ?? 5000);
@@ -546,6 +567,7 @@ class AuditLog implements AuditSink {
     // A loss is answered at once: the next job reopens the file.
     if (this.waiters.length > 0 || rec.status === 'lost') this.scheduleSoon();
     else if (this.queue.length >= this.batchSize || this.bodies.length > 0) this.scheduleSoon();
+    else if (this.queue.length > 0 && this.groupCommit() && this.now() >= this.retryAt) this.scheduleLinger();
   }
 
   /** The writer thread died with this job in flight: nothing of it is known to be stored. */
@@ -748,6 +770,21 @@ class AuditLog implements AuditSink {
     this.failingSince = undefined;
     this.backoffMs = 0;
     this.retryAt = 0;
+  }
+
+  /**
+   * Group commit's short wait: rows that arrive while the writer is free are sent after at most
+   * `linger` ms, so a busy proxy sends one job per few ms instead of one per record (each job
+   * rewrites the same B-tree pages to the WAL). Well under V8's scavenge interval under load, so
+   * the rows still die young.
+   */
+  private scheduleLinger(): void {
+    if (this.lingerTimer || this.flushScheduled || this.closed) return;
+    this.lingerTimer = setTimeout(() => {
+      this.lingerTimer = undefined;
+      this.pump();
+    }, this.lingerMs);
+    this.lingerTimer.unref();
   }
 
   /**
