@@ -44,6 +44,8 @@ export class Exchange {
   state: ExchangeState = 'receiving';
   /** The upstream this exchange counts under in the in-flight gauge, once known. */
   upstreamName: string | undefined;
+  /** Counted in the in-flight gauge now (managed by `Inflight`, proxy/context.ts). */
+  inflight = false;
 
   private meter: RequestMeter | undefined;
   private upstream!: UpstreamSettings;

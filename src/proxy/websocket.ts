@@ -65,6 +65,8 @@ export class WsSession {
   state: WsSessionState = 'connecting';
   /** The upstream this session counts under in the in-flight gauge, once known. */
   upstreamName: string | undefined;
+  /** Counted in the in-flight gauge now (managed by `Inflight`, proxy/context.ts). */
+  inflight = false;
 
   private meter: RequestMeter | undefined;
   private upstream!: UpstreamSettings;

@@ -27,6 +27,7 @@ import {
   propagation,
   trace,
   type Context,
+  type ContextManager,
   type Span,
   type Tracer,
 } from '@opentelemetry/api';
@@ -242,6 +243,37 @@ async function shutdownWithin(started: StartedSdk, ms: number, log: Logger): Pro
 }
 
 /**
+ * The context manager: none that tracks an active context. tokenmeter passes every context
+ * explicitly (the parent extracted from the request's headers, the span's context to the log
+ * record), and has no instrumentation that would read `context.active()`. sdk-node's default,
+ * AsyncLocalStorageContextManager, switches on Node's async hooks for the whole process, and every
+ * promise and socket of the proxied traffic then pays for them: ≈ 11 % of requests/s at c=32 with
+ * traces on (issue 11, docs/benchmarks.md).
+ */
+class ExplicitContextOnly implements ContextManager {
+  active(): Context {
+    return ROOT_CONTEXT;
+  }
+  with<A extends unknown[], F extends (...args: A) => ReturnType<F>>(
+    _context: Context,
+    fn: F,
+    thisArg?: ThisParameterType<F>,
+    ...args: A
+  ): ReturnType<F> {
+    return fn.call(thisArg, ...args);
+  }
+  bind<T>(_context: Context, target: T): T {
+    return target;
+  }
+  enable(): this {
+    return this;
+  }
+  disable(): this {
+    return this;
+  }
+}
+
+/**
  * What we pass to NodeSDK; everything else it reads from the OTEL_* variables. The resource is
  * `service.name=tokenmeter` under what OTEL_RESOURCE_ATTRIBUTES / OTEL_SERVICE_NAME say, plus the
  * host. Not sdk-node's process detector by default: `process.command_args` would export our
@@ -250,6 +282,7 @@ async function shutdownWithin(started: StartedSdk, ms: number, log: Logger): Pro
 function sdkConfiguration(opts: OtelSinkOptions): Partial<NodeSDKConfiguration> {
   const config: Partial<NodeSDKConfiguration> = {
     instrumentations: [],
+    contextManager: new ExplicitContextOnly(),
     resource: defaultResource().merge(resourceFromAttributes({ [ATTR.serviceName]: OTEL_SCOPE })),
   };
   if (!opts.env.OTEL_NODE_RESOURCE_DETECTORS?.trim()) config.resourceDetectors = [envDetector, hostDetector];
