@@ -246,9 +246,9 @@ async function shutdownWithin(started: StartedSdk, ms: number, log: Logger): Pro
  * The context manager: none that tracks an active context. tokenmeter passes every context
  * explicitly (the parent extracted from the request's headers, the span's context to the log
  * record), and has no instrumentation that would read `context.active()`. sdk-node's default,
- * AsyncLocalStorageContextManager, switches on Node's async hooks for the whole process, and every
- * promise and socket of the proxied traffic then pays for them: ≈ 11 % of requests/s at c=32 with
- * traces on (issue 11, docs/benchmarks.md).
+ * AsyncLocalStorageContextManager, switches on Node's async hooks for the whole process, so every
+ * promise and socket of the proxied traffic would pay for a feature nothing here uses (the gain
+ * measured at c=32 with traces on is within noise in steady state: docs/benchmarks.md).
  */
 class ExplicitContextOnly implements ContextManager {
   active(): Context {
