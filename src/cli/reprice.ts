@@ -93,7 +93,28 @@ WHERE ts_start >= ? AND ts_start < ?
   AND usage_source IN ('reported', 'estimated')
   AND operation IS NOT NULL
   AND (cost_source IS NULL OR cost_source <> 'upstream')
-ORDER BY ts_start, id`;
+  AND (ts_start > ? OR (ts_start = ? AND id > ?))
+ORDER BY ts_start, id
+LIMIT ?`;
+
+/**
+ * Rows per page. Read in pages (`.all()`), never with `.iterate()`: a StatementIterator that
+ * becomes garbage aborts the process on Node 24 like a Statement does (src/sinks/audit/sqlite.ts).
+ */
+const PAGE_ROWS = 2000;
+
+/** The rows SELECT_ROWS selects, page after page in (ts_start, id) order. */
+function* selectedRows(db: Database.Database, fromMs: number, toMs: number): Generator<StoredRow> {
+  const page = db.prepare(SELECT_ROWS);
+  let after: { ts: number; id: string } = { ts: fromMs - 1, id: '' };
+  for (;;) {
+    const rows = page.all(fromMs, toMs, after.ts, after.ts, after.id, PAGE_ROWS) as StoredRow[];
+    yield* rows;
+    if (rows.length < PAGE_ROWS) return;
+    const last = rows[rows.length - 1]!;
+    after = { ts: last.ts_start, id: last.id };
+  }
+}
 
 const usageOf = (r: StoredRow): Usage => {
   const u: Usage = {};
@@ -166,9 +187,7 @@ export function planRepricing(
     unknownUpstreams: [],
   };
   const unknown = new Set<string>();
-  for (const r of db
-    .prepare(SELECT_ROWS)
-    .iterate(window.fromMs, window.toMs) as IterableIterator<StoredRow>) {
+  for (const r of selectedRows(db, window.fromMs, window.toMs)) {
     plan.examined++;
     if (!knownUpstreams.has(r.upstream)) unknown.add(r.upstream);
     const next = repriceRow(book, r);

@@ -246,6 +246,21 @@ describe('reprice', () => {
     expect(query('SELECT COUNT(*) AS n FROM repricing_history')).toEqual([{ n: 2 }]);
   });
 
+  it('reads the window in pages: rows sharing one ts_start across a page boundary are each repriced once', () => {
+    // 2,001 rows at one ts_start and 4 a millisecond later: the 2,000-row page boundary falls inside
+    // the tie, so the keyset (ts_start, id) must carry on from the last id of the page.
+    const ids = Array.from({ length: 2005 }, (_v, i) => `p${String(i).padStart(5, '0')}`);
+    seed(ids.map((id, i) => base({ id, ts_start: i < 2001 ? TS : TS + 1 })));
+    const out = run().out;
+    expect(out).toMatch(/^2005 rows examined, 2005 would change$/m);
+    expect(out).toMatch(/repricing 1: 2005 rows updated/);
+    const rows = query<{ n: number; changed: number }>(
+      'SELECT count(*) AS n, sum(cost_nanos = 1506600) AS changed FROM requests',
+    );
+    expect(rows).toEqual([{ n: 2005, changed: 2005 }]);
+    expect(query<{ n: number }>('SELECT count(*) AS n FROM repricing_history')).toEqual([{ n: 2005 }]);
+  });
+
   it('db prune removes the history of pruned rows', () => {
     seed([base({ id: 'r1' })]);
     run();

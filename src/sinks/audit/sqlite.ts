@@ -11,7 +11,9 @@
  * - each connection stays referenced for the life of the process (or thread), closed or not;
  * - `prepare` returns one Statement per SQL text per connection, made once and kept (every SQL
  *   text in src/ is fixed or built from a bounded set of clauses, values are always parameters);
- * - `pragma` runs through that same cache (better-sqlite3's own makes a fresh Statement per call).
+ * - `pragma` runs through that same cache (better-sqlite3's own makes a fresh Statement per call);
+ * - `iterate()` is never used: its StatementIterator aborts the same way when collected (seen
+ *   under `reprice`), so long reads go in pages with `.all()` (src/cli/reprice.ts).
  * `db.transaction` already keeps its BEGIN/COMMIT statements for the connection's life.
  * Statement modes are per Statement: a caller that sets one (`safeIntegers()`, `pluck()`) always
  * sets it for its own SQL text, and `pragma` sets `pluck` explicitly on every call.
