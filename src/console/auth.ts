@@ -102,3 +102,58 @@ ${failed ? '<p class="error" id="login-error">Wrong token.</p>' : ''}
 </html>
 `;
 }
+
+/**
+ * Wrong tokens per client address (docs/console.md, "Auth"): after `maxFails` within `windowMs`,
+ * every attempt from that address — the right token included, or the lock would answer the guess —
+ * is refused (429) until the window that began with its first failure ends. A success clears the
+ * address. Only a presented credential that does not match counts: no credential is not a guess.
+ * Bounded: at most `maxTracked` addresses, the oldest forgotten first.
+ */
+export class TokenGuessThrottle {
+  private readonly fails = new Map<string, { count: number; since: number }>();
+
+  constructor(
+    private readonly now: () => number = Date.now,
+    private readonly maxFails = 5,
+    private readonly windowMs = 60_000,
+    private readonly maxTracked = 10_000,
+  ) {}
+
+  /** Milliseconds until `addr` may try again; 0 when it may now. */
+  lockedFor(addr: string): number {
+    const f = this.fails.get(addr);
+    if (!f) return 0;
+    const left = f.since + this.windowMs - this.now();
+    if (left <= 0) {
+      this.fails.delete(addr);
+      return 0;
+    }
+    return f.count >= this.maxFails ? left : 0;
+  }
+
+  /** Counts a wrong token; true when this one locks the address (log it then, once). */
+  failed(addr: string): boolean {
+    const now = this.now();
+    let f = this.fails.get(addr);
+    if (!f || now - f.since >= this.windowMs) {
+      this.fails.delete(addr);
+      if (this.fails.size >= this.maxTracked) this.fails.delete(this.fails.keys().next().value!);
+      f = { count: 0, since: now };
+      this.fails.set(addr, f);
+    }
+    f.count++;
+    return f.count === this.maxFails;
+  }
+
+  succeeded(addr: string): void {
+    this.fails.delete(addr);
+  }
+}
+
+/** Whether a request presents a credential at all (a bearer header or our session cookie). */
+export function presentsCredential(req: IncomingMessage): boolean {
+  return (
+    req.headers.authorization !== undefined || cookieValue(req.headers.cookie, SESSION_COOKIE) !== undefined
+  );
+}

@@ -23,7 +23,9 @@ import {
   authorized,
   hostAllowed,
   loginPage,
+  presentsCredential,
   sessionCookie,
+  TokenGuessThrottle,
   tokenMatches,
 } from './auth.js';
 import { AuditReader, ConsoleUnavailable, type ReaderOptions } from './reader.js';
@@ -68,6 +70,10 @@ function packageVersion(): string {
 }
 
 const READ_METHODS = new Set(['GET', 'HEAD']);
+
+const remoteOf = (req: Request): string => req.socket.remoteAddress ?? 'unknown';
+const lockedText = (waitMs: number): string =>
+  `too many wrong tokens from this address: try again in ${Math.ceil(waitMs / 1000)} s`;
 const UI_INDEX = new Set(['/-/ui/', '/-/ui/index.html']);
 
 function securityHeaders(_req: Request, res: Response, next: NextFunction): void {
@@ -131,6 +137,14 @@ export function createConsole(opts: ConsoleOptions): Console {
     next();
   });
 
+  // Wrong tokens are counted per address and lock it for a minute after 5 (auth.ts).
+  const guesses = new TokenGuessThrottle(opts.now);
+  const wrongToken = (addr: string): void => {
+    log.warn('console: wrong token', { remote: addr });
+    if (guesses.failed(addr))
+      log.warn('console: too many wrong tokens; this address is refused for a minute', { remote: addr });
+  };
+
   app.post(
     '/-/login',
     express.urlencoded({ extended: false, limit: '4kb', parameterLimit: 4 }),
@@ -140,13 +154,24 @@ export function createConsole(opts: ConsoleOptions): Console {
         res.redirect(303, '/-/ui/');
         return;
       }
+      const addr = remoteOf(req);
+      const wait = guesses.lockedFor(addr);
+      if (wait > 0) {
+        res
+          .status(429)
+          .set('Retry-After', String(Math.ceil(wait / 1000)))
+          .type('text')
+          .send(lockedText(wait));
+        return;
+      }
       const body = req.body as Record<string, unknown> | undefined;
       const given = typeof body?.token === 'string' ? body.token : '';
       if (!tokenMatches(given, token)) {
-        log.warn('console login failed: wrong token', { remote: req.socket.remoteAddress ?? null });
+        wrongToken(addr);
         res.status(401).type('html').send(loginPage(true));
         return;
       }
+      guesses.succeeded(addr);
       res.set('Set-Cookie', sessionCookie(token)).redirect(303, '/-/ui/');
     },
   );
@@ -157,7 +182,18 @@ export function createConsole(opts: ConsoleOptions): Console {
   const allowed = (req: Request) => token === undefined || authorized(req, token);
   app.use('/-/api', (req, res, next) => {
     res.set('Cache-Control', 'no-store');
-    if (allowed(req)) return next();
+    if (token === undefined) return next();
+    const addr = remoteOf(req);
+    const wait = guesses.lockedFor(addr);
+    if (wait > 0) {
+      res
+        .status(429)
+        .set('Retry-After', String(Math.ceil(wait / 1000)))
+        .json({ error: lockedText(wait) });
+      return;
+    }
+    if (authorized(req, token)) return next();
+    if (presentsCredential(req)) wrongToken(addr);
     res
       .status(401)
       .set('WWW-Authenticate', 'Bearer realm="tokenmeter"')

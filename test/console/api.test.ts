@@ -344,6 +344,41 @@ describe('the admin surface', () => {
   });
 });
 
+describe('auth_token: guessing is throttled', () => {
+  let world: ConsoleWorld;
+  beforeAll(async () => {
+    world = await startConsoleWorld('auth_token: s3cret-console-token\n');
+  });
+  afterAll(async () => {
+    await world?.stop();
+  });
+
+  it('after 5 wrong tokens from one address (form or bearer), 429 with Retry-After, even for the right one', async () => {
+    const form = (token: string) =>
+      call(world, '/-/login', {
+        method: 'POST',
+        headers: { 'content-type': 'application/x-www-form-urlencoded' },
+        body: `token=${encodeURIComponent(token)}`,
+      });
+    const bearer = (token: string) =>
+      call(world, '/-/api/status', { headers: { authorization: `Bearer ${token}` } });
+    // No credential at all is not a guess: it never counts.
+    for (let i = 0; i < 8; i++) expect((await call(world, '/-/api/status')).status).toBe(401);
+    for (const t of ['a', 'b', 'c']) expect((await form(t)).status).toBe(401);
+    for (const t of ['d', 'e']) expect((await bearer(t)).status).toBe(401);
+    const locked = await form('f');
+    expect(locked.status).toBe(429);
+    expect(Number(locked.headers['retry-after'])).toBeGreaterThan(0);
+    expect(Number(locked.headers['retry-after'])).toBeLessThanOrEqual(60);
+    expect(locked.headers['set-cookie']).toBeUndefined();
+    // The right token is refused too while the address is locked: otherwise the lock tells nothing.
+    expect((await form('s3cret-console-token')).status).toBe(429);
+    const api = await bearer('s3cret-console-token');
+    expect(api.status).toBe(429);
+    expect(JSON.parse(api.body.toString()).error).toMatch(/too many wrong tokens/);
+  });
+});
+
 describe('auth_token', () => {
   let authed: ConsoleWorld;
   beforeAll(async () => {
