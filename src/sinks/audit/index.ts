@@ -313,8 +313,8 @@ class AuditLog implements AuditSink {
    * Group commit (docs/audit.md, Flushing): with the writer on its own thread, rows go to it as
    * soon as it is free (after a few ms' linger), so a batch is what arrived during the previous
    * job. Under load batches grow by themselves (one job in flight at a time). Rows held for a
-   * 500-row batch or the 100 ms tick lived long enough to be promoted to V8's old generation, and
-   * collecting them there cost more than the whole INSERT (issue 11, docs/audit.md).
+   * 500-row batch or the 100 ms tick lived long enough to be promoted to V8's old generation,
+   * which marking then had to clean up (issue 11, docs/audit.md has the steady-state numbers).
    * The main-thread writer keeps full batches: there each job runs on the event loop.
    */
   private groupCommit(): boolean {
