@@ -589,10 +589,23 @@ describe('burst of mixed traffic through tokenmeter serve', () => {
     const rows = await waitForRows(lockedDb, 1 + WHILE_LOCKED, 20_000);
     expect(rows).toHaveLength(1 + WHILE_LOCKED);
     expect(rows.every((r) => r.http_status === 200 && r.usage_source === 'reported')).toBe(true);
-    // The failure was logged once (not once per retry), and the recovery too.
-    const logLines = lockedServe.stderr().trim().split('\n');
-    expect(logLines.filter((l) => l.includes(WRITE_FAILED))).toHaveLength(1);
-    expect(logLines.filter((l) => l.includes('"msg":"audit log writes recovered"'))).toHaveLength(1);
+    // The failure was logged once (not once per retry), and the recovery too. The rows are visible
+    // once the writer thread commits; "recovered" is logged when the main thread gets that job's
+    // result, a moment later, so wait for that line first.
+    const RECOVERED = '"msg":"audit log writes recovered"';
+    const logDeadline = Date.now() + 10_000;
+    while (!lockedServe.stderr().includes(RECOVERED) && Date.now() < logDeadline)
+      await new Promise((r) => setTimeout(r, 20));
+    const stderr = lockedServe.stderr();
+    const logLines = stderr.trim().split('\n');
+    expect(
+      logLines.filter((l) => l.includes(WRITE_FAILED)),
+      stderr,
+    ).toHaveLength(1);
+    expect(
+      logLines.filter((l) => l.includes(RECOVERED)),
+      stderr,
+    ).toHaveLength(1);
     expect(await lockedServe.stop()).toBe(0);
     serve = undefined;
   }, 60_000);
