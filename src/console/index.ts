@@ -145,6 +145,15 @@ export function createConsole(opts: ConsoleOptions): Console {
       log.warn('console: too many wrong tokens; this address is refused for a minute', { remote: addr });
   };
 
+  /** Answers 429 with Retry-After when the client's address is locked; true when it did. */
+  const refusedAsLocked = (req: Request, res: Response, send: (text: string) => void): boolean => {
+    const wait = guesses.lockedFor(remoteOf(req));
+    if (wait === 0) return false;
+    res.status(429).set('Retry-After', String(Math.ceil(wait / 1000)));
+    send(lockedText(wait));
+    return true;
+  };
+
   app.post(
     '/-/login',
     express.urlencoded({ extended: false, limit: '4kb', parameterLimit: 4 }),
@@ -154,16 +163,8 @@ export function createConsole(opts: ConsoleOptions): Console {
         res.redirect(303, '/-/ui/');
         return;
       }
+      if (refusedAsLocked(req, res, (text) => res.type('text').send(text))) return;
       const addr = remoteOf(req);
-      const wait = guesses.lockedFor(addr);
-      if (wait > 0) {
-        res
-          .status(429)
-          .set('Retry-After', String(Math.ceil(wait / 1000)))
-          .type('text')
-          .send(lockedText(wait));
-        return;
-      }
       const body = req.body as Record<string, unknown> | undefined;
       const given = typeof body?.token === 'string' ? body.token : '';
       if (!tokenMatches(given, token)) {
@@ -183,17 +184,9 @@ export function createConsole(opts: ConsoleOptions): Console {
   app.use('/-/api', (req, res, next) => {
     res.set('Cache-Control', 'no-store');
     if (token === undefined) return next();
-    const addr = remoteOf(req);
-    const wait = guesses.lockedFor(addr);
-    if (wait > 0) {
-      res
-        .status(429)
-        .set('Retry-After', String(Math.ceil(wait / 1000)))
-        .json({ error: lockedText(wait) });
-      return;
-    }
+    if (refusedAsLocked(req, res, (text) => res.json({ error: text }))) return;
     if (authorized(req, token)) return next();
-    if (presentsCredential(req)) wrongToken(addr);
+    if (presentsCredential(req)) wrongToken(remoteOf(req));
     res
       .status(401)
       .set('WWW-Authenticate', 'Bearer realm="tokenmeter"')
