@@ -11,7 +11,7 @@ import { startServe } from '../../src/cli/serve.js';
 import { createLogger } from '../../src/log.js';
 import { makeTempDir } from '../e2e/helpers.js';
 import { request, startTestUpstream } from '../proxy/http-helpers.js';
-import { waitFor } from './fixtures.js';
+import { chatCompletionBody, waitFor } from './fixtures.js';
 import { skipWithoutPostgres, startPostgres, type PgServer } from './postgres.js';
 
 describe.skipIf(skipWithoutPostgres())('serve with shared block budgets (real Postgres)', () => {
@@ -62,15 +62,7 @@ describe.skipIf(skipWithoutPostgres())('serve with shared block budgets (real Po
     const upstream = await startTestUpstream((_q, res) => {
       hits += 1;
       res.writeHead(200, { 'content-type': 'application/json' });
-      res.end(
-        JSON.stringify({
-          id: 'chatcmpl-1',
-          object: 'chat.completion',
-          model: 'gpt-4o-mini',
-          choices: [{ index: 0, message: { role: 'assistant', content: 'hi' }, finish_reason: 'stop' }],
-          usage: { prompt_tokens: 10, completion_tokens: 5, total_tokens: 15 },
-        }),
-      );
+      res.end(chatCompletionBody(10, 5));
     }, cleanups);
     const strict = await sidecar('web-strict', 'block', upstream.url);
     const lenient = await sidecar('web-lenient', 'local', upstream.url);

@@ -125,3 +125,18 @@ export async function waitFor(cond: () => boolean | Promise<boolean>, ms = 15_00
     await new Promise((r) => setTimeout(r, 20));
   }
 }
+
+/** The JSON body of a non-streamed gpt-4o-mini chat completion reporting this usage (fake upstreams). */
+export function chatCompletionBody(promptTokens: number, completionTokens: number): string {
+  return JSON.stringify({
+    id: 'chatcmpl-1',
+    object: 'chat.completion',
+    model: 'gpt-4o-mini',
+    choices: [{ index: 0, message: { role: 'assistant', content: 'hi' }, finish_reason: 'stop' }],
+    usage: {
+      prompt_tokens: promptTokens,
+      completion_tokens: completionTokens,
+      total_tokens: promptTokens + completionTokens,
+    },
+  });
+}

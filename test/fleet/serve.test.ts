@@ -10,7 +10,7 @@ import { createLogger } from '../../src/log.js';
 import { openSqlite } from '../../src/sinks/audit/sqlite.js';
 import { makeTempDir } from '../e2e/helpers.js';
 import { request, startTestUpstream } from '../proxy/http-helpers.js';
-import { waitFor } from './fixtures.js';
+import { chatCompletionBody, waitFor } from './fixtures.js';
 import { skipWithoutPostgres, startPostgres, type PgServer } from './postgres.js';
 
 describe.skipIf(skipWithoutPostgres())('serve with fleet.postgres (real server)', () => {
@@ -27,15 +27,7 @@ describe.skipIf(skipWithoutPostgres())('serve with fleet.postgres (real server)'
   it('ships every proxied request with the same cost_nanos, never logging the password', async () => {
     const upstream = await startTestUpstream((_q, res) => {
       res.writeHead(200, { 'content-type': 'application/json' });
-      res.end(
-        JSON.stringify({
-          id: 'chatcmpl-1',
-          object: 'chat.completion',
-          model: 'gpt-4o-mini',
-          choices: [{ index: 0, message: { role: 'assistant', content: 'hi' }, finish_reason: 'stop' }],
-          usage: { prompt_tokens: 1234, completion_tokens: 567, total_tokens: 1801 },
-        }),
-      );
+      res.end(chatCompletionBody(1234, 567));
     }, cleanups);
     const tmp = makeTempDir('tm-fleet-serve-');
     cleanups.push(async () => tmp.remove());
