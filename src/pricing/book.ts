@@ -10,7 +10,16 @@ import type { Settings } from '../config/types.js';
 import { globToRegExp, isGlob } from '../glob.js';
 import type { Logger } from '../log.js';
 import type { Operation, PriceMatchKind, Usage } from '../record.js';
-import { Dec, nanosToSafeNumber, parseDecimal, unitsToNanos } from './money.js';
+import {
+  Dec,
+  divRoundHalfUp,
+  NANOS_PER_UNIT,
+  nanosToSafeNumber,
+  parseDecimal,
+  SCALE,
+  scaledInteger,
+  unitsToNanos,
+} from './money.js';
 import { normalizedNames, snapshotBase } from './match.js';
 import {
   PRICE_UNITS,
@@ -111,6 +120,13 @@ interface Candidate {
   kind: PriceMatchKind;
 }
 
+/** A request's multiplier stack: the exact value, its text in the record, its scaled integer (or null). */
+interface Multiplier {
+  value: Dec;
+  text: string;
+  scaled: bigint | null;
+}
+
 /** Model × upstream pairs whose candidate list is kept (then the cache starts over). */
 const CANDIDATE_CACHE_MAX = 4096;
 
@@ -124,6 +140,7 @@ export class TablePriceBook implements BoundingPriceBook {
   private readonly unscopedTables: ApplicableTables;
   private readonly unpricedWarned = new Set<string>();
   private readonly candidateCache = new Map<string, readonly Candidate[]>();
+  private readonly multiplierCache = new Map<string, Multiplier>();
   /** Multiplier layers parsed once (§5.2): the upstream's own, `multipliers.upstream`, `.app`, `.model`. */
   private readonly ownMultipliers: Map<string, Dec>;
   private readonly upstreamMultipliers: Map<string, Dec>;
@@ -264,18 +281,33 @@ export class TablePriceBook implements BoundingPriceBook {
 
   /** Product of the multiplier stack for a request (§5.2), as an exact decimal. */
   multiplierFor(upstreamName: string, app: string, model: string | undefined): Dec {
-    let product = new Dec(1);
+    return this.multiplierOf(upstreamName, app, model).value;
+  }
+
+  /**
+   * The multiplier stack with its record text and scaled integer, per (upstream, app, model):
+   * computed once, as the same few combinations repeat on every request. Bounded like the
+   * candidate cache (app and model names come from traffic).
+   */
+  private multiplierOf(upstreamName: string, app: string, model: string | undefined): Multiplier {
+    const key = `${upstreamName}\u0000${app}\u0000${model ?? ''}\u0000${model === undefined ? 0 : 1}`;
+    const cached = this.multiplierCache.get(key);
+    if (cached !== undefined) return cached;
+    let value = new Dec(1);
     const own = this.ownMultipliers.get(upstreamName);
-    if (own !== undefined) product = product.times(own);
+    if (own !== undefined) value = value.times(own);
     const byUpstream = this.upstreamMultipliers.get(upstreamName);
-    if (byUpstream !== undefined) product = product.times(byUpstream);
+    if (byUpstream !== undefined) value = value.times(byUpstream);
     const byApp = this.appMultipliers.get(app);
-    if (byApp !== undefined) product = product.times(byApp);
+    if (byApp !== undefined) value = value.times(byApp);
     if (model !== undefined) {
       const m = this.modelMultipliers.find((x) => (x.exact ? x.pattern === model : x.re.test(model)));
-      if (m) product = product.times(m.value);
+      if (m) value = value.times(m.value);
     }
-    return product;
+    const made: Multiplier = { value, text: value.toFixed(), scaled: scaledInteger(value) };
+    if (this.multiplierCache.size >= CANDIDATE_CACHE_MAX) this.multiplierCache.clear();
+    this.multiplierCache.set(key, made);
+    return made;
   }
 
   price(query: PriceQuery): PriceResult {
@@ -389,16 +421,28 @@ export class TablePriceBook implements BoundingPriceBook {
       this.warnUnpriced(query.upstream, model);
       return unpriced(`unpriced: no price entry for model ${model} on upstream ${query.upstream}`);
     }
-    const multiplier = this.multiplierFor(query.upstream, query.app, model);
+    const multiplier = this.multiplierOf(query.upstream, query.app, model);
     const tier = tierFor(match.entry, query.usage);
     const which = {
       price_id: tier ? `${match.priceId}>${tier.aboveInputTokens}` : match.priceId,
       price_match: match.kind,
-      multiplier: multiplier.toFixed(),
+      multiplier: multiplier.text,
     };
-    const base = costInUnits(match, query.usage, query.operation);
-    if ('reason' in base) return unpriced(base.reason, which);
-    const nanos = nanosToSafeNumber(unitsToNanos(base.units.times(multiplier)));
+    // Integers when the prices and multiplier allow (nearly always); decimal.js otherwise.
+    const exact =
+      multiplier.scaled === null
+        ? null
+        : costNanosScaled(match, query.usage, query.operation, multiplier.scaled);
+    let cost: bigint;
+    if (exact !== null) {
+      if ('reason' in exact) return unpriced(exact.reason, which);
+      cost = exact.nanos;
+    } else {
+      const base = costInUnits(match, query.usage, query.operation);
+      if ('reason' in base) return unpriced(base.reason, which);
+      cost = unitsToNanos(base.units.times(multiplier.value));
+    }
+    const nanos = nanosToSafeNumber(cost);
     if (nanos === null) return unpriced('cost too large to store exactly', which);
     return {
       cost_nanos: nanos,
@@ -470,9 +514,48 @@ export function costInUnits(
   operation: Operation,
 ): { units: Dec } | { reason: string } {
   const p = pricesFor(match.entry, usage);
-  const unit = new Dec(PRICE_UNITS[match.table.unit]);
-  const perImageOnly = operation === 'image_generation' && p.per_image !== undefined;
+  const problem = usageProblem(p, usage, operation);
+  if (problem !== undefined) return { reason: problem };
+  let perUnit = new Dec(0);
+  for (const [tokens, key] of billedTokens(usage, p.reasoning.equals(p.output)))
+    perUnit = perUnit.plus(new Dec(tokens).times(p[key]));
+  let units = perUnit.div(new Dec(PRICE_UNITS[match.table.unit]));
+  if (p.per_request !== undefined) units = units.plus(p.per_request.times(usage.requests ?? 1));
+  if (p.per_image !== undefined && usage.images !== undefined)
+    units = units.plus(p.per_image.times(usage.images));
+  return { units };
+}
 
+/**
+ * The cost in nanos with integer arithmetic (money.ts, `SCALE`): every token term and fee at its
+ * scaled price, times the scaled multiplier, one half-up division. Null when a price or the
+ * multiplier has more decimals than the scale holds: the caller then uses `costInUnits`.
+ */
+export function costNanosScaled(
+  match: Pick<PriceMatch, 'entry' | 'table'>,
+  usage: Usage,
+  operation: Operation,
+  multiplier: bigint,
+): { nanos: bigint } | { reason: string } | null {
+  const p = pricesFor(match.entry, usage);
+  const scaled = scaledPricesOf(p);
+  if (scaled === null) return null;
+  const problem = usageProblem(p, usage, operation);
+  if (problem !== undefined) return { reason: problem };
+  const unit = BigInt(PRICE_UNITS[match.table.unit]);
+  // Everything in (currency units × unit × SCALE): token terms as they are, fees times the unit.
+  let total = 0n;
+  for (const [tokens, key] of billedTokens(usage, scaled.reasoning === scaled.output))
+    total += BigInt(tokens) * scaled[key];
+  if (scaled.per_request !== undefined) total += scaled.per_request * BigInt(usage.requests ?? 1) * unit;
+  if (scaled.per_image !== undefined && usage.images !== undefined)
+    total += scaled.per_image * BigInt(usage.images) * unit;
+  return { nanos: divRoundHalfUp(total * multiplier * NANOS_PER_UNIT, unit * SCALE * SCALE) };
+}
+
+/** Why a usage cannot be priced (unknown is not zero, §5.1), or undefined when it can. */
+function usageProblem(p: ResolvedPrices, usage: Usage, operation: Operation): string | undefined {
+  const perImageOnly = operation === 'image_generation' && p.per_image !== undefined;
   const missing: string[] = [];
   if (perImageOnly) {
     if (usage.images === undefined) missing.push('images');
@@ -483,48 +566,78 @@ export function costInUnits(
   if (AUDIO_BILLED.has(operation) && usage.audio === undefined) missing.push('audio/text split');
   if (missing.length > 0) {
     const any = Object.values(usage).some((v) => v !== undefined);
-    return { reason: any ? `usage incomplete: ${missing.join(', ')} not reported` : 'usage missing' };
+    return any ? `usage incomplete: ${missing.join(', ')} not reported` : 'usage missing';
   }
   // Never priced as text: audio costs several times more per token (e.g. gpt-realtime $32 vs $4
   // per 1M input). Unknown is not zero, and a wrong figure is worse than none.
   if (usage.audio !== undefined && usage.audio > 0)
-    return { reason: `unpriced token kind: ${usage.audio} audio tokens (price tables have no audio prices)` };
-
+    return `unpriced token kind: ${usage.audio} audio tokens (price tables have no audio prices)`;
   const cacheWrite = usage.cacheWrite ?? usage.cacheWrite1h;
   if (cacheWrite !== undefined && usage.cacheWrite1h !== undefined && usage.cacheWrite1h > cacheWrite)
-    return { reason: 'usage inconsistent: cache_write_1h exceeds cache_write' };
+    return 'usage inconsistent: cache_write_1h exceeds cache_write';
   if (usage.reasoning !== undefined && usage.output !== undefined && usage.reasoning > usage.output)
-    return { reason: 'usage inconsistent: reasoning exceeds output' };
+    return 'usage inconsistent: reasoning exceeds output';
+  return undefined;
+}
 
-  let perUnit = new Dec(0);
-  const add = (tokens: number | undefined, price: Dec) => {
-    if (tokens !== undefined && tokens !== 0) perUnit = perUnit.plus(new Dec(tokens).times(price));
+type TokenPrice = 'input' | 'output' | 'cache_read' | 'cache_write' | 'cache_write_1h' | 'reasoning';
+
+/** The token counts billed at each per-token price (non-zero ones only), for a valid usage. */
+function billedTokens(usage: Usage, reasoningPricedAsOutput: boolean): Array<[number, TokenPrice]> {
+  const terms: Array<[number, TokenPrice]> = [];
+  const add = (tokens: number | undefined, price: TokenPrice): void => {
+    if (tokens !== undefined && tokens !== 0) terms.push([tokens, price]);
   };
-  add(usage.input, p.input);
-  add(usage.cacheRead, p.cache_read);
+  add(usage.input, 'input');
+  add(usage.cacheRead, 'cache_read');
+  const cacheWrite = usage.cacheWrite ?? usage.cacheWrite1h;
   if (cacheWrite !== undefined) {
     if (usage.cacheWrite1h === undefined) {
       // The TTL split is not reported (OpenAI-shaped usage, or Anthropic usage without a
       // `cache_creation` breakdown): every write is billed at the 5m `cache_write` price, the
       // default TTL. This is a choice, not "1h part = 0 tokens known".
-      add(cacheWrite, p.cache_write);
+      add(cacheWrite, 'cache_write');
     } else {
-      add(cacheWrite - usage.cacheWrite1h, p.cache_write);
-      add(usage.cacheWrite1h, p.cache_write_1h);
+      add(cacheWrite - usage.cacheWrite1h, 'cache_write');
+      add(usage.cacheWrite1h, 'cache_write_1h');
     }
   }
   if (usage.output !== undefined) {
     // Reasoning tokens are part of output: bill them separately only when their price differs.
-    if (usage.reasoning !== undefined && !p.reasoning.equals(p.output)) {
-      add(usage.output - usage.reasoning, p.output);
-      add(usage.reasoning, p.reasoning);
-    } else add(usage.output, p.output);
+    if (usage.reasoning !== undefined && !reasoningPricedAsOutput) {
+      add(usage.output - usage.reasoning, 'output');
+      add(usage.reasoning, 'reasoning');
+    } else add(usage.output, 'output');
   }
-  let units = perUnit.div(unit);
-  if (p.per_request !== undefined) units = units.plus(p.per_request.times(usage.requests ?? 1));
-  if (p.per_image !== undefined && usage.images !== undefined)
-    units = units.plus(p.per_image.times(usage.images));
-  return { units };
+  return terms;
+}
+
+type ScaledPrices = Record<TokenPrice, bigint> & { per_request?: bigint; per_image?: bigint };
+
+/** Scaled prices per resolved price set (an entry's or a tier's), computed on first use. */
+const scaledPrices = new WeakMap<ResolvedPrices, ScaledPrices | null>();
+
+function scaledPricesOf(p: ResolvedPrices): ScaledPrices | null {
+  let s = scaledPrices.get(p);
+  if (s !== undefined) return s;
+  const per = (d: Dec | undefined): bigint | undefined | null =>
+    d === undefined ? undefined : scaledInteger(d);
+  const tokens = {
+    input: scaledInteger(p.input),
+    output: scaledInteger(p.output),
+    cache_read: scaledInteger(p.cache_read),
+    cache_write: scaledInteger(p.cache_write),
+    cache_write_1h: scaledInteger(p.cache_write_1h),
+    reasoning: scaledInteger(p.reasoning),
+  };
+  const perRequest = per(p.per_request);
+  const perImage = per(p.per_image);
+  s =
+    Object.values(tokens).includes(null) || perRequest === null || perImage === null
+      ? null
+      : { ...(tokens as Record<TokenPrice, bigint>), per_request: perRequest, per_image: perImage };
+  scaledPrices.set(p, s);
+  return s;
 }
 
 /**

@@ -38,6 +38,27 @@ export function unitsToNanos(units: Dec): bigint {
   return BigInt(scaled.toFixed(0));
 }
 
+/**
+ * Integer pricing (issue 11): a price or multiplier with at most `SCALE_DIGITS` decimals is held as
+ * the integer `value × 10^SCALE_DIGITS`, and a request's cost is computed in BigInt with one
+ * half-up division at the end: the same figure as the decimal.js path (which stays the fallback for
+ * anything with more decimals), at a fraction of its time and garbage. 18 digits hold every price
+ * a price sheet writes (the smallest seen: 0.0000025).
+ */
+export const SCALE_DIGITS = 18;
+export const SCALE = 10n ** BigInt(SCALE_DIGITS);
+
+/** `d × 10^SCALE_DIGITS` as a BigInt when that is an exact non-negative integer, else null. */
+export function scaledInteger(d: Dec): bigint | null {
+  if (d.isNegative() || !d.isFinite() || d.decimalPlaces() > SCALE_DIGITS) return null;
+  return BigInt(d.times(SCALE.toString()).toFixed(0));
+}
+
+/** `n / d` rounded half-up, for n ≥ 0 and d > 0: the single rounding of §5.5. */
+export function divRoundHalfUp(n: bigint, d: bigint): bigint {
+  return (n * 2n + d) / (d * 2n);
+}
+
 /** Nanos as a JS number when it is a safe integer (the record's `cost_nanos` column), else null. */
 export function nanosToSafeNumber(nanos: bigint): number | null {
   const n = Number(nanos);
@@ -68,6 +89,9 @@ export function formatNanos(nanos: number | bigint, currency?: string): string {
 
 /** Currency units as a float, for Prometheus counters only (never summed back into money). */
 export function nanosToUnits(nanos: number | bigint): number {
+  // For a safe integer the division is IEEE-exact up to its one correct rounding, the same double
+  // that parsing the decimal text gives, without building the text on every request.
+  if (typeof nanos === 'number' && Number.isSafeInteger(nanos)) return nanos / 1e9;
   return Number(nanosToDecimalText(nanos));
 }
 

@@ -1,0 +1,128 @@
+import { describe, expect, it } from 'vitest';
+import { costInUnits, costNanosScaled } from '../../src/pricing/book.js';
+import {
+  Dec,
+  divRoundHalfUp,
+  nanosToUnits,
+  nanosToDecimalText,
+  scaledInteger,
+  unitsToNanos,
+} from '../../src/pricing/money.js';
+import type { Usage } from '../../src/record.js';
+import { book, query, table } from './helpers.js';
+
+/** A small seeded generator (mulberry32): the same cases on every run. */
+function rng(seed: number): () => number {
+  let a = seed;
+  return () => {
+    a = (a + 0x6d2b79f5) | 0;
+    let t = Math.imul(a ^ (a >>> 15), 1 | a);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+describe('integer pricing gives the decimal path’s figure (issue 11)', () => {
+  it('scaledInteger keeps up to 18 decimals exactly and refuses more or negatives', () => {
+    expect(scaledInteger(new Dec('0.0000025'))).toBe(2_500_000_000_000n);
+    expect(scaledInteger(new Dec('12'))).toBe(12n * 10n ** 18n);
+    expect(scaledInteger(new Dec('0.000000000000000001'))).toBe(1n);
+    expect(scaledInteger(new Dec('0.0000000000000000001'))).toBeNull();
+    expect(scaledInteger(new Dec('-1'))).toBeNull();
+  });
+
+  it('divRoundHalfUp rounds a half up and everything else to the nearest', () => {
+    expect(divRoundHalfUp(5n, 2n)).toBe(3n);
+    expect(divRoundHalfUp(7n, 3n)).toBe(2n);
+    expect(divRoundHalfUp(8n, 3n)).toBe(3n);
+    expect(divRoundHalfUp(0n, 9n)).toBe(0n);
+  });
+
+  it('nanosToUnits is the double of the exact decimal text', () => {
+    const r = rng(7);
+    for (let i = 0; i < 20_000; i++) {
+      const n = Math.floor(r() * 2 ** 53) * (r() < 0.1 ? -1 : 1);
+      expect(nanosToUnits(n)).toBe(Number(nanosToDecimalText(n)));
+    }
+    expect(nanosToUnits(10n ** 30n)).toBe(1e21);
+  });
+
+  it('random tables, usages and multipliers: the same nanos as decimal.js, and the integer path is taken', () => {
+    const r = rng(20261201);
+    const int = (max: number) => Math.floor(r() * max);
+    const decimal = (maxDecimals: number): string => {
+      const whole = String(int(r() < 0.7 ? 10 : 100_000));
+      const d = int(maxDecimals + 1);
+      const frac = Array.from({ length: d }, () => int(10)).join('');
+      return d > 0 ? `${whole}.${frac}` : whole;
+    };
+    let scaledTaken = 0;
+    const cases = 600;
+    for (let i = 0; i < cases; i++) {
+      // One case in ten has a price with more decimals than the scale: the decimal fallback.
+      const wide = i % 10 === 0;
+      const price = () => decimal(wide && r() < 0.5 ? 22 : 9);
+      const lines = [
+        `currency: USD`,
+        `unit: ${r() < 0.5 ? '1M' : '1K'}`,
+        `prices:`,
+        `  - model: m`,
+        `    input: ${price()}`,
+        `    output: ${price()}`,
+        `    cache_read: ${price()}`,
+        `    cache_write: ${price()}`,
+        `    cache_write_1h: ${price()}`,
+        ...(r() < 0.5 ? [`    reasoning: ${price()}`] : []),
+        ...(r() < 0.2 ? [`    per_request: ${price()}`] : []),
+      ];
+      const t = table(lines.join('\n') + '\n', `t${i}.yaml`);
+      const upstreamMultiplier = r() < 0.5 ? decimal(wide ? 20 : 4) : undefined;
+      const b = book([t], {
+        multipliers: { app: r() < 0.3 ? { default: decimal(3) } : {} },
+        upstreams: [
+          {
+            name: 'default',
+            url: new URL('https://x.example/v1'),
+            multiplier: upstreamMultiplier,
+            trustReportedCost: false,
+          },
+        ],
+      });
+      const output = int(200_000);
+      const usage: Usage = {
+        input: int(2_000_000),
+        output,
+        ...(r() < 0.5 ? { cacheRead: int(1_000_000) } : {}),
+        ...(r() < 0.3 ? { cacheWrite: int(100_000) } : {}),
+        ...(r() < 0.5 ? { reasoning: int(output + 1) } : {}),
+      };
+      if (usage.cacheWrite !== undefined && r() < 0.5) usage.cacheWrite1h = int(usage.cacheWrite + 1);
+      const q = query({ model: 'm', usage });
+      const got = b.price(q);
+
+      const match = b.lookup('m', 'default', q.at)!;
+      const units = costInUnits(match, usage, q.operation);
+      if ('reason' in units) throw new Error(units.reason);
+      const want = unitsToNanos(units.units.times(b.multiplierFor('default', 'default', 'm')));
+      expect(got.cost_nanos === null ? null : BigInt(got.cost_nanos), `case ${i}: ${lines.join(' | ')}`).toBe(
+        Number.isSafeInteger(Number(want)) ? want : null,
+      );
+      const m = scaledInteger(b.multiplierFor('default', 'default', 'm'));
+      if (m !== null && costNanosScaled(match, usage, q.operation, m) !== null) scaledTaken++;
+    }
+    // Nine cases in ten have scalable prices; about half of the tenth still do.
+    expect(scaledTaken).toBeGreaterThan(cases * 0.85);
+    expect(scaledTaken).toBeLessThan(cases);
+  });
+
+  it('an unpriceable usage gets the same reason on both paths', () => {
+    const t = table('currency: USD\nunit: 1M\nprices:\n  - model: m\n    input: 1\n    output: 2\n');
+    const b = book([t]);
+    const match = b.lookup('m', 'default', new Date())!;
+    for (const usage of [{ input: 1 }, {}, { input: 5, output: 3, reasoning: 4 }] as Usage[]) {
+      const dec = costInUnits(match, usage, 'chat');
+      const int = costNanosScaled(match, usage, 'chat', 10n ** 18n);
+      expect('reason' in dec && int !== null && 'reason' in int && int.reason === dec.reason).toBe(true);
+    }
+  });
+});
