@@ -1,0 +1,121 @@
+/**
+ * The metering path alone, in one process with no sockets: for N synthetic non-streamed chat
+ * exchanges, inspect the request, begin the meter, feed it the response head and body, finish it
+ * (record, pricing, audit row to the writer thread, metrics). Prints CPU µs per exchange for the
+ * whole process (main and writer threads) and for the main thread. Investigation helper for issue 11,
+ * not part of `npm run bench`: `npm run build && node --import tsx bench/meter-micro.ts [N]` (add
+ * --cpu-prof to profile).
+ */
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { readFileSync } from 'node:fs';
+
+// The compiled tree (dist/, what `serve` runs) unless MICRO_SRC=1: tsx adds a __name() call to
+// every closure it creates, which the metering path creates per request.
+const from = process.env.MICRO_SRC ? '../src' : '../dist';
+const { DEFAULTS } = (await import(`${from}/config/types.js`)) as typeof import('../src/config/types.js');
+const { SILENT_LOGGER } = (await import(`${from}/log.js`)) as typeof import('../src/log.js');
+const { inspectRequest } = (await import(
+  `${from}/meter/inspect.js`
+)) as typeof import('../src/meter/inspect.js');
+const { buildRuntime } = (await import(`${from}/runtime.js`)) as typeof import('../src/runtime.js');
+
+const N = Number(process.argv[2] ?? 100_000);
+const settings = {
+  host: '127.0.0.1',
+  port: 0,
+  logLevel: 'silent' as const,
+  db: process.env.NO_DB ? null : join(mkdtempSync(join(tmpdir(), 'tm-micro-')), 'm.db'),
+  retentionDays: 90,
+  audit: { ...DEFAULTS.audit, redactPatterns: [] },
+  priceFiles: [],
+  presets: true,
+  multipliers: { upstream: {}, app: {}, model: {} },
+  fx: [],
+  routes: [],
+  apps: {},
+  budgets: [],
+  upstreams: [
+    {
+      name: 'default',
+      url: new URL('http://127.0.0.1:9/v1'),
+      headers: {},
+      connectTimeoutMs: 10000,
+      idleTimeoutMs: 300000,
+      injectUsage: true,
+      trustReportedCost: false,
+    },
+  ],
+  limits: { ...DEFAULTS.limits },
+  traces: { captureContent: false },
+};
+const rt = await buildRuntime(settings as never, SILENT_LOGGER, {
+  ...process.env,
+  OTEL_SDK_DISABLED: 'true',
+});
+const reqBody = Buffer.from(
+  JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'x' }] }),
+);
+const resBody = Buffer.from(
+  JSON.stringify({
+    id: 'chatcmpl-bench',
+    object: 'chat.completion',
+    created: 1_700_000_000,
+    model: 'gpt-4o-mini',
+    choices: [{ index: 0, message: { role: 'assistant', content: 'ok' }, finish_reason: 'stop' }],
+    usage: { prompt_tokens: 12, completion_tokens: 1, total_tokens: 13 },
+  }),
+);
+const headers = {
+  host: '127.0.0.1:4000',
+  'content-type': 'application/json',
+  authorization: 'Bearer sk-bench-key',
+  'content-length': String(reqBody.length),
+};
+const resHeaders = { 'content-type': 'application/json', 'content-length': String(resBody.length) };
+const upstreamUrl = new URL('http://127.0.0.1:9/v1');
+
+async function batch(n: number): Promise<void> {
+  const pending: Promise<void>[] = [];
+  for (let i = 0; i < n; i++) {
+    const info = inspectRequest('POST', '/v1/chat/completions', reqBody);
+    const m = rt.meter.begin({
+      method: 'POST',
+      path: '/v1/chat/completions',
+      headers,
+      upstream: 'default',
+      upstreamUrl,
+      info,
+      requestBytes: reqBody.length,
+      injectedUsage: false,
+    });
+    m.onResponseHead(200, resHeaders);
+    m.onResponseChunk(resBody);
+    m.onFirstByteToClient();
+    pending.push(m.finish({ kind: 'complete' }, { overheadSeconds: 0.0001 }));
+    // Like a server under c=32: a few dozen exchanges in flight, then the event loop turns.
+    if (pending.length === 32) {
+      await Promise.all(pending);
+      pending.length = 0;
+      await new Promise((r) => setImmediate(r));
+    }
+  }
+  await Promise.all(pending);
+}
+
+/** The main thread's CPU time in µs, from /proc (Linux; 10 ms ticks, fine over seconds). */
+function mainThreadUs(): number {
+  const f = readFileSync(`/proc/self/task/${process.pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  return (Number(f[11]) + Number(f[12])) * 10_000;
+}
+
+await batch(Math.min(N, 20_000)); // warm-up: JIT and the DB file's first pages
+const p0 = process.cpuUsage();
+const t0 = mainThreadUs();
+await batch(N);
+const t1 = mainThreadUs() - t0;
+const p1 = process.cpuUsage(p0);
+const us = (u: { user: number; system: number }) => ((u.user + u.system) / N).toFixed(2);
+console.log(JSON.stringify({ n: N, process_us: Number(us(p1)), main_us: Number((t1 / N).toFixed(2)) }));
+await rt.close();
