@@ -143,8 +143,11 @@ export function openWriterConnection(
   // Positional parameters: a Row is the values in REQUEST_COLUMN_NAMES order (row.ts).
   const params = REQUEST_COLUMN_NAMES.map(() => '?').join(', ');
   const insert = db.prepare(`INSERT INTO requests (${columns}) VALUES (${params})`);
+  // Values as arguments, not one array: better-sqlite3 reads an array's elements through V8's generic
+  // property lookup, its arguments directly. Measured on a 43-column row: 7.6–8.3 -> 6.8–7.0 µs per
+  // insert on the writer thread (issue 11).
   const insertBatch = db.transaction((rows: readonly Row[]) => {
-    for (const row of rows) insert.run(row);
+    for (const row of rows) insert.run(...row);
   });
   const insertBody = db.prepare(
     `INSERT OR REPLACE INTO bodies (id, ts, request, response, request_bytes, response_bytes, truncated)
@@ -158,7 +161,7 @@ export function openWriterConnection(
   return {
     db,
     insertBatch: (rows) => insertBatch(rows),
-    insertRow: (row) => void insert.run(row),
+    insertRow: (row) => void insert.run(...row),
     insertBodies: (rows) => insertBodies(rows),
     detached: () => file.detached(),
     close: () => closeQuietly(db),
