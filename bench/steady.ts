@@ -1,0 +1,113 @@
+/**
+ * Steady-state throughput A/B (docs/benchmarks.md, "Steady state"): two servers up at once, each
+ * warmed with `--warm` seconds of c=32 load, then `--rounds` alternating rounds of `--secs` seconds
+ * each (the order flips every round, so both see the same drifts of a shared machine). Prints each
+ * round's req/s and the median of the per-round ratios B/A, the figure to quote. Not part of
+ * `npm run bench`: its rounds are longer than the bench's and its targets are two trees or a tree
+ * and the bare proxy, to judge one change.
+ *
+ *   node --import tsx bench/steady.ts --a bare --b . [--rounds 8] [--secs 3] [--warm 10]
+ *
+ * A target is `bare` (bench/bare-proxy.ts) or the root of a built tokenmeter tree (its
+ * bin/tokenmeter.js serve, with its defaults: SQLite audit log and metrics, OpenTelemetry off).
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { CHAT_BODY, runLoad } from './load.js';
+import { spawnChild, type Child } from './processes.js';
+
+const { values: opt } = parseArgs({
+  options: {
+    a: { type: 'string', default: 'bare' },
+    b: { type: 'string', default: '.' },
+    rounds: { type: 'string', default: '8' },
+    secs: { type: 'string', default: '3' },
+    warm: { type: 'string', default: '10' },
+  },
+});
+const here = (name: string) => new URL(`./${name}`, import.meta.url).pathname;
+const dir = mkdtempSync(join(tmpdir(), 'tm-steady-'));
+const children: Child[] = [];
+
+function cleanEnv(): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {};
+  for (const [k, v] of Object.entries(process.env)) if (!/^(TOKENMETER_|OTEL_)/.test(k)) env[k] = v;
+  return env;
+}
+
+async function start(target: string, name: string, upstream: string): Promise<Child> {
+  const child =
+    target === 'bare'
+      ? await spawnChild({
+          name,
+          args: ['--import', 'tsx', here('bare-proxy.ts'), '--upstream', upstream],
+          portFrom: 'stdout',
+        })
+      : await spawnChild({
+          name,
+          args: [
+            resolve(target, 'bin/tokenmeter.js'),
+            'serve',
+            '--upstream',
+            `${upstream}/v1`,
+            '--port',
+            '0',
+            '--db',
+            join(dir, `${name}.db`),
+          ],
+          env: cleanEnv(),
+          cwd: dir,
+          portFrom: 'stderr-listening',
+        });
+  children.push(child);
+  return child;
+}
+
+const rps = async (c: Child, secs: number): Promise<number> => {
+  const r = await runLoad({
+    base: c.base,
+    body: CHAT_BODY,
+    concurrency: 32,
+    count: Infinity,
+    maxMs: secs * 1000,
+  });
+  return (r.timings.filter((t) => t.status === 200).length / r.elapsedMs) * 1000;
+};
+const median = (xs: number[]): number => [...xs].sort((x, y) => x - y)[Math.floor((xs.length - 1) / 2)]!;
+
+try {
+  const upstream = await spawnChild({
+    name: 'upstream',
+    args: ['--import', 'tsx', here('upstream.ts')],
+    portFrom: 'stdout',
+  });
+  children.push(upstream);
+  const a = await start(opt.a, 'a', upstream.base);
+  const b = await start(opt.b, 'b', upstream.base);
+  const secs = Number(opt.secs);
+  await rps(a, Number(opt.warm));
+  await rps(b, Number(opt.warm));
+  const ra: number[] = [];
+  const rb: number[] = [];
+  for (let i = 0; i < Number(opt.rounds); i++) {
+    if (i % 2 === 0) {
+      ra.push(await rps(a, secs));
+      rb.push(await rps(b, secs));
+    } else {
+      rb.push(await rps(b, secs));
+      ra.push(await rps(a, secs));
+    }
+  }
+  const ratios = ra.map((x, i) => rb[i]! / x);
+  const fmt = (xs: number[]) => xs.map((x) => Math.round(x)).join(' ');
+  console.log(`A ${opt.a}: ${fmt(ra)} req/s (median ${Math.round(median(ra))})`);
+  console.log(`B ${opt.b}: ${fmt(rb)} req/s (median ${Math.round(median(rb))})`);
+  console.log(
+    `B/A per round: ${ratios.map((r) => r.toFixed(3)).join(' ')}; median ${median(ratios).toFixed(3)}`,
+  );
+} finally {
+  await Promise.all(children.map((c) => c.stop(2000)));
+  rmSync(dir, { recursive: true, force: true });
+}
