@@ -6,15 +6,15 @@
  * not part of `npm run bench`: `npm run build && node --import tsx bench/meter-micro.ts [N]` (add
  * --cpu-prof to profile).
  */
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { readFileSync } from 'node:fs';
+import { benchSettings } from './settings.js';
+import { COMPLETION } from './upstream.js';
 
 // The compiled tree (dist/, what `serve` runs) unless MICRO_SRC=1: tsx adds a __name() call to
 // every closure it creates, which the metering path creates per request.
 const from = process.env.MICRO_SRC ? '../src' : '../dist';
-const { DEFAULTS } = (await import(`${from}/config/types.js`)) as typeof import('../src/config/types.js');
 const { SILENT_LOGGER } = (await import(`${from}/log.js`)) as typeof import('../src/log.js');
 const { inspectRequest } = (await import(
   `${from}/meter/inspect.js`
@@ -22,51 +22,18 @@ const { inspectRequest } = (await import(
 const { buildRuntime } = (await import(`${from}/runtime.js`)) as typeof import('../src/runtime.js');
 
 const N = Number(process.argv[2] ?? 100_000);
-const settings = {
-  host: '127.0.0.1',
-  port: 0,
-  logLevel: 'silent' as const,
-  db: process.env.NO_DB ? null : join(mkdtempSync(join(tmpdir(), 'tm-micro-')), 'm.db'),
-  retentionDays: 90,
-  audit: { ...DEFAULTS.audit, redactPatterns: [] },
-  priceFiles: [],
-  presets: true,
-  multipliers: { upstream: {}, app: {}, model: {} },
-  fx: [],
-  routes: [],
-  apps: {},
-  budgets: [],
-  upstreams: [
-    {
-      name: 'default',
-      url: new URL('http://127.0.0.1:9/v1'),
-      headers: {},
-      connectTimeoutMs: 10000,
-      idleTimeoutMs: 300000,
-      injectUsage: true,
-      trustReportedCost: false,
-    },
-  ],
-  limits: { ...DEFAULTS.limits },
-  traces: { captureContent: false },
-};
-const rt = await buildRuntime(settings as never, SILENT_LOGGER, {
+const settings = benchSettings(
+  'http://127.0.0.1:9/v1',
+  process.env.NO_DB ? null : join(mkdtempSync(join(tmpdir(), 'tm-micro-')), 'm.db'),
+);
+const rt = await buildRuntime(settings, SILENT_LOGGER, {
   ...process.env,
   OTEL_SDK_DISABLED: 'true',
 });
 const reqBody = Buffer.from(
   JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'x' }] }),
 );
-const resBody = Buffer.from(
-  JSON.stringify({
-    id: 'chatcmpl-bench',
-    object: 'chat.completion',
-    created: 1_700_000_000,
-    model: 'gpt-4o-mini',
-    choices: [{ index: 0, message: { role: 'assistant', content: 'ok' }, finish_reason: 'stop' }],
-    usage: { prompt_tokens: 12, completion_tokens: 1, total_tokens: 13 },
-  }),
-);
+const resBody = Buffer.from(COMPLETION);
 const headers = {
   host: '127.0.0.1:4000',
   'content-type': 'application/json',

@@ -6,41 +6,14 @@ import http from 'node:http';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { DEFAULTS } from '../src/config/types.js';
 import { SILENT_LOGGER } from '../src/log.js';
 import { createProxyServer } from '../src/proxy/server.js';
 import { buildRuntime } from '../src/runtime.js';
+import { benchSettings } from './settings.js';
 import { startBenchUpstream } from './upstream.js';
 
 const up = await startBenchUpstream();
-const settings = {
-  host: '127.0.0.1',
-  port: 0,
-  logLevel: 'silent' as const,
-  db: join(mkdtempSync(join(tmpdir(), 'tm-prof-')), 'p.db'),
-  retentionDays: 90,
-  audit: { ...DEFAULTS.audit, redactPatterns: [] },
-  priceFiles: [],
-  presets: true,
-  multipliers: { upstream: {}, app: {}, model: {} },
-  fx: [],
-  routes: [],
-  apps: {},
-  budgets: [],
-  upstreams: [
-    {
-      name: 'default',
-      url: new URL(`${up.url}/v1`),
-      headers: {},
-      connectTimeoutMs: 10000,
-      idleTimeoutMs: 300000,
-      injectUsage: true,
-      trustReportedCost: false,
-    },
-  ],
-  limits: { ...DEFAULTS.limits },
-  traces: { captureContent: false },
-};
+const settings = benchSettings(`${up.url}/v1`, join(mkdtempSync(join(tmpdir(), 'tm-prof-')), 'p.db'));
 const rt = await buildRuntime(settings, SILENT_LOGGER, { ...process.env, OTEL_SDK_DISABLED: 'true' });
 const proxy = createProxyServer({ settings, meter: rt.meter, log: SILENT_LOGGER });
 const { port } = await proxy.listen();

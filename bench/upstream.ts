@@ -22,7 +22,8 @@ import http from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { pathToFileURL } from 'node:url';
 
-const COMPLETION = JSON.stringify({
+/** The non-streamed answer (also bench/meter-micro.ts's response body). */
+export const COMPLETION = JSON.stringify({
   id: 'chatcmpl-bench',
   object: 'chat.completion',
   created: 1_700_000_000,

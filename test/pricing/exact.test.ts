@@ -9,18 +9,8 @@ import {
   unitsToNanos,
 } from '../../src/pricing/money.js';
 import type { Usage } from '../../src/record.js';
+import { mulberry32 } from '../random.js';
 import { book, query, table } from './helpers.js';
-
-/** A small seeded generator (mulberry32): the same cases on every run. */
-function rng(seed: number): () => number {
-  let a = seed;
-  return () => {
-    a = (a + 0x6d2b79f5) | 0;
-    let t = Math.imul(a ^ (a >>> 15), 1 | a);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 describe('integer pricing gives the decimal path’s figure (issue 11)', () => {
   it('scaledInteger keeps up to 18 decimals exactly and refuses more or negatives', () => {
@@ -39,7 +29,7 @@ describe('integer pricing gives the decimal path’s figure (issue 11)', () => {
   });
 
   it('nanosToUnits is the double of the exact decimal text', () => {
-    const r = rng(7);
+    const r = mulberry32(7);
     for (let i = 0; i < 20_000; i++) {
       const n = Math.floor(r() * 2 ** 53) * (r() < 0.1 ? -1 : 1);
       expect(nanosToUnits(n)).toBe(Number(nanosToDecimalText(n)));
@@ -48,7 +38,7 @@ describe('integer pricing gives the decimal path’s figure (issue 11)', () => {
   });
 
   it('random tables, usages and multipliers: the same nanos as decimal.js, and the integer path is taken', () => {
-    const r = rng(20261201);
+    const r = mulberry32(20261201);
     const int = (max: number) => Math.floor(r() * max);
     const decimal = (maxDecimals: number): string => {
       const whole = String(int(r() < 0.7 ? 10 : 100_000));

@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { SseParser } from '../../src/sse/parser.js';
 import type { SseEvent, SseLineKind } from '../../src/sse/types.js';
+import { mulberry32 } from '../random.js';
 
 function parseChunks(
   chunks: Uint8Array[],
@@ -20,18 +21,6 @@ function parseChunks(
 
 const bytes = (s: string): Uint8Array => new TextEncoder().encode(s);
 const parseText = (s: string, max?: number) => parseChunks([bytes(s)], max);
-
-/** Deterministic PRNG so a failing split pattern can be reproduced from the seed. */
-function mulberry32(seed: number): () => number {
-  let a = seed;
-  return () => {
-    a |= 0;
-    a = (a + 0x6d2b79f5) | 0;
-    let t = Math.imul(a ^ (a >>> 15), 1 | a);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 describe('SseParser framing', () => {
   it('parses LF-framed data events and ignores [DONE] semantics (framing only)', () => {
