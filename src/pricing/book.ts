@@ -537,6 +537,7 @@ export function costNanosScaled(
   operation: Operation,
   multiplier: bigint,
 ): { nanos: bigint } | { reason: string } | null {
+  if (!countsAreNaturals(usage)) return null;
   const p = pricesFor(match.entry, usage);
   const scaled = scaledPricesOf(p);
   if (scaled === null) return null;
@@ -552,6 +553,26 @@ export function costNanosScaled(
     total += scaled.per_image * BigInt(usage.images) * unit;
   return { nanos: divRoundHalfUp(total * multiplier * NANOS_PER_UNIT, unit * SCALE * SCALE) };
 }
+
+/**
+ * Every count is a non-negative safe integer, as decoders and estimates give them (BigInt needs
+ * integers; the rounding assumes a non-negative sum). Anything else takes the decimal path.
+ */
+function countsAreNaturals(u: Usage): boolean {
+  return (
+    natural(u.input) &&
+    natural(u.output) &&
+    natural(u.cacheRead) &&
+    natural(u.cacheWrite) &&
+    natural(u.cacheWrite1h) &&
+    natural(u.reasoning) &&
+    natural(u.audio) &&
+    natural(u.images) &&
+    natural(u.requests)
+  );
+}
+
+const natural = (v: number | undefined): boolean => v === undefined || (Number.isSafeInteger(v) && v >= 0);
 
 /** Why a usage cannot be priced (unknown is not zero, §5.1), or undefined when it can. */
 function usageProblem(p: ResolvedPrices, usage: Usage, operation: Operation): string | undefined {

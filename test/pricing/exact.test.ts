@@ -115,4 +115,25 @@ describe('integer pricing gives the decimal path’s figure (issue 11)', () => {
       expect('reason' in dec && int !== null && 'reason' in int && int.reason === dec.reason).toBe(true);
     }
   });
+  it('a count that is not a safe integer takes the decimal path instead of throwing', () => {
+    const t = table(
+      'currency: USD\nunit: 1M\nprices:\n  - model: m\n    input: 1\n    output: 2\n    per_request: 0.01\n',
+    );
+    const b = book([t]);
+    const match = b.lookup('m', 'default', new Date())!;
+    for (const usage of [
+      { input: 1.5, output: 2 },
+      { input: 1, output: 2, requests: 1.5 },
+      { input: 2 ** 53 + 2, output: 1 },
+    ] as Usage[]) {
+      expect(costNanosScaled(match, usage, 'chat', 10n ** 18n)).toBeNull();
+      const units = costInUnits(match, usage, 'chat');
+      if ('reason' in units) throw new Error(units.reason);
+      const want = unitsToNanos(units.units);
+      const got = b.price(query({ model: 'm', usage }));
+      expect(got.cost_nanos === null ? null : BigInt(got.cost_nanos)).toBe(
+        Number.isSafeInteger(Number(want)) ? want : null,
+      );
+    }
+  });
 });
