@@ -529,7 +529,8 @@ export function costInUnits(
 /**
  * The cost in nanos with integer arithmetic (money.ts, `SCALE`): every token term and fee at its
  * scaled price, times the scaled multiplier, one half-up division. Null when a price or the
- * multiplier has more decimals than the scale holds: the caller then uses `costInUnits`.
+ * multiplier has more decimals than the scale holds, or a count is not a non-negative safe
+ * integer: the caller then uses `costInUnits`.
  */
 export function costNanosScaled(
   match: Pick<PriceMatch, 'entry' | 'table'>,
