@@ -2,7 +2,8 @@
  * What every exchange of one proxy server shares: settings, the router, the upstream agents, the
  * meter, the logger and the one in-flight count (per upstream, for the gauge and for drain).
  */
-import http from 'node:http';
+import http, { type IncomingMessage } from 'node:http';
+import type { Socket } from 'node:net';
 import https from 'node:https';
 import type { Settings, UpstreamSettings } from '../config/types.js';
 import type { Logger } from '../log.js';
@@ -88,36 +89,85 @@ export interface ProxyContext {
   agentFor(upstream: UpstreamSettings): http.Agent;
 }
 
+/** Pooled upstream sockets idle this long are closed (Node servers close theirs at 5 s). */
+const DEFAULT_FREE_SOCKET_TIMEOUT_MS = 4000;
+/** How often the pool is swept; a socket's deadline is this much early, so it is never closed late. */
+const SWEEP_MS = 250;
+/** When a pooled socket must be closed (performance.now() ms); set each time it enters the pool. */
+const closeAt = Symbol('tokenmeter.closeAt');
+type PooledSocket = Socket & { [closeAt]?: number; _httpMessage?: { res?: IncomingMessage } | null };
+
 /**
  * Keep-alive agents, one per upstream. Pooled sockets are closed before the upstream would close
  * them: after 4 s idle by default (Node servers close at 5 s), or 1 s before the upstream's own
- * `Keep-Alive: timeout=N` (node:http's Agent#keepSocketAlive reads that hint since Node 20, and
- * does not pool a socket whose hint is 1 s or less). A socket the upstream closes just as it is reused makes a POST fail
- * with 502 (never re-sent, §3.1), so keeping that race rare is what protects traffic.
+ * `Keep-Alive: timeout=N`; a hint of 1 s or less means the socket is not pooled at all. A socket
+ * the upstream closes just as it is reused makes a POST fail with 502 (never re-sent, §3.1), so
+ * keeping that race rare is what protects traffic.
+ *
+ * The idle limit is a deadline on the socket checked by one sweep every 250 ms, not the agent's
+ * `timeout` option: that option puts a timer on every socket, in use or not, which cost each
+ * request a `timeout` listener added and removed, two `setTimeout` calls and a timer refresh on
+ * every read and write (issue 11, docs/benchmarks.md).
  */
-export function createAgents(): { agentFor(u: UpstreamSettings): http.Agent; destroy(): void } {
+export function createAgents(opts: { freeSocketTimeoutMs?: number } = {}): {
+  agentFor(u: UpstreamSettings): http.Agent;
+  destroy(): void;
+} {
+  const idleMs = opts.freeSocketTimeoutMs ?? DEFAULT_FREE_SOCKET_TIMEOUT_MS;
   const agents = new Map<string, http.Agent>();
+  let sweeper: NodeJS.Timeout | undefined;
+  const sweep = (): void => {
+    const now = performance.now();
+    for (const agent of agents.values())
+      for (const pool of Object.values(agent.freeSockets))
+        // destroy() takes the socket out of the pool (on 'close'), so walk a copy.
+        for (const s of [...(pool ?? [])] as PooledSocket[]) if ((s[closeAt] ?? 0) <= now) s.destroy();
+  };
   return {
     agentFor(upstream) {
       let agent = agents.get(upstream.name);
       if (!agent) {
-        const opts: http.AgentOptions = {
+        const agentOpts: http.AgentOptions = {
           keepAlive: true,
           keepAliveMsecs: 1000,
           maxFreeSockets: 256,
           scheduling: 'lifo',
-          timeout: DEFAULT_FREE_SOCKET_TIMEOUT_MS,
         };
         // https.Agent verifies certificates by default (rejectUnauthorized true); never turned off.
-        agent = upstream.url.protocol === 'https:' ? new https.Agent(opts) : new http.Agent(opts);
+        agent = upstream.url.protocol === 'https:' ? new https.Agent(agentOpts) : new http.Agent(agentOpts);
+        agent.keepSocketAlive = (socket) => keepSocketAlive(socket as PooledSocket, idleMs);
         agents.set(upstream.name, agent);
+        if (!sweeper) {
+          sweeper = setInterval(sweep, SWEEP_MS);
+          sweeper.unref();
+        }
       }
       return agent;
     },
     destroy() {
+      clearInterval(sweeper);
+      sweeper = undefined;
       for (const a of agents.values()) a.destroy();
     },
   };
 }
 
-const DEFAULT_FREE_SOCKET_TIMEOUT_MS = 4000;
+/**
+ * node:http's `Agent#keepSocketAlive` (TCP keep-alive, unref, the `Keep-Alive: timeout=N` hint
+ * read the same way and 1 s taken off it) with a deadline for the sweep instead of a socket timer.
+ * False: the socket is not pooled (the agent destroys it).
+ */
+function keepSocketAlive(socket: PooledSocket, idleMs: number): boolean {
+  socket.setKeepAlive(true, 1000);
+  socket.unref();
+  let ms = idleMs;
+  const hint = socket._httpMessage?.res?.headers['keep-alive'];
+  const seconds = typeof hint === 'string' ? /^timeout=(\d+)/.exec(hint)?.[1] : undefined;
+  if (seconds !== undefined) {
+    const byHint = Number(seconds) * 1000 - 1000;
+    if (byHint <= 0) return false;
+    ms = Math.min(ms, byHint);
+  }
+  socket[closeAt] = performance.now() + Math.max(0, ms - SWEEP_MS);
+  return true;
+}

@@ -1,0 +1,146 @@
+/**
+ * The upstream keep-alive pool (docs/proxy.md, "Upstream agents"): pooled sockets are closed
+ * before the upstream would close them (after the free-socket timeout, or 1 s before the
+ * upstream's own `Keep-Alive: timeout=N`), and a socket carries no timer while it is used or
+ * pooled (issue 11: the per-socket timer cost every request two `setTimeout` calls, a `timeout`
+ * listener and a timer refresh per read and write).
+ */
+import http from 'node:http';
+import type { AddressInfo, Socket } from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import { createAgents } from '../../src/proxy/context.js';
+import type { UpstreamSettings } from '../../src/config/types.js';
+import { upstreamSettings } from './helpers.js';
+
+interface Upstream {
+  url: string;
+  /** Resolves with the ms between the connection's last response and its close by the client. */
+  closedAfter(): Promise<number>;
+  connections: number;
+  close(): Promise<void>;
+}
+
+/** An upstream that answers every request and records when the client closes the connection. */
+async function startUpstream(keepAliveHint?: string): Promise<Upstream> {
+  let lastResponseAt = 0;
+  let connections = 0;
+  const closes: Array<(ms: number) => void> = [];
+  const sockets = new Set<Socket>();
+  const server = http.createServer((_req, res) => {
+    const headers: http.OutgoingHttpHeaders = { 'content-type': 'application/json' };
+    if (keepAliveHint) headers['keep-alive'] = keepAliveHint;
+    res.writeHead(200, headers);
+    res.end('{"ok":true}', () => (lastResponseAt = performance.now()));
+  });
+  // The upstream itself never closes first within a test.
+  server.keepAliveTimeout = 60_000;
+  server.on('connection', (s: Socket) => {
+    connections++;
+    sockets.add(s);
+    s.on('close', () => {
+      sockets.delete(s);
+      const ms = performance.now() - lastResponseAt;
+      for (const f of closes.splice(0)) f(ms);
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const port = (server.address() as AddressInfo).port;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    closedAfter: () => new Promise((r) => closes.push(r)),
+    get connections() {
+      return connections;
+    },
+    close: () =>
+      new Promise((r) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => r());
+      }),
+  };
+}
+
+function get(agent: http.Agent, url: string): Promise<{ status: number; socket: Socket }> {
+  return new Promise((resolve, reject) => {
+    const req = http.get(`${url}/v1/models`, { agent }, (res) => {
+      res.resume();
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, socket: req.socket as Socket }));
+    });
+    req.on('error', reject);
+  });
+}
+
+const cleanups: Array<() => unknown> = [];
+afterEach(async () => {
+  for (const f of cleanups.splice(0).reverse()) await f();
+});
+
+async function setup(
+  opts: { hint?: string; freeSocketTimeoutMs?: number } = {},
+): Promise<{ up: Upstream; agent: http.Agent; settings: UpstreamSettings }> {
+  const up = await startUpstream(opts.hint);
+  cleanups.push(() => up.close());
+  const agents = createAgents(
+    opts.freeSocketTimeoutMs === undefined ? {} : { freeSocketTimeoutMs: opts.freeSocketTimeoutMs },
+  );
+  cleanups.push(() => agents.destroy());
+  const settings = upstreamSettings('default', `${up.url}/v1`);
+  return { up, agent: agents.agentFor(settings), settings };
+}
+
+describe('upstream agents', () => {
+  it('reuse one pooled socket for back-to-back requests', async () => {
+    const { up, agent } = await setup({ freeSocketTimeoutMs: 2000 });
+    for (let i = 0; i < 5; i++) expect((await get(agent, up.url)).status).toBe(200);
+    expect(up.connections).toBe(1);
+  });
+
+  it('close a pooled socket after the free-socket timeout, never later', async () => {
+    const { up, agent } = await setup({ freeSocketTimeoutMs: 600 });
+    const closed = up.closedAfter();
+    const { socket } = await get(agent, up.url);
+    const ms = await closed;
+    // Closed by the sweep (every 250 ms) after at least the timeout less one sweep, never later
+    // than the timeout (give or take a timer's lateness).
+    expect(ms).toBeGreaterThan(300);
+    expect(ms).toBeLessThan(700);
+    expect(socket.destroyed).toBe(true);
+    await new Promise((r) => setTimeout(r, 20));
+    expect(Object.values(agent.freeSockets).flat()).toHaveLength(0);
+  });
+
+  it("close a pooled socket 1 s before the upstream's Keep-Alive hint when that comes first", async () => {
+    const { up, agent } = await setup({ hint: 'timeout=2', freeSocketTimeoutMs: 30_000 });
+    const closed = up.closedAfter();
+    await get(agent, up.url);
+    const ms = await closed;
+    expect(ms).toBeGreaterThan(600);
+    expect(ms).toBeLessThan(1100);
+  });
+
+  it('never pool a socket whose upstream announces a keep-alive of 1 s or less', async () => {
+    const { up, agent } = await setup({ hint: 'timeout=1', freeSocketTimeoutMs: 30_000 });
+    const closed = up.closedAfter();
+    await get(agent, up.url);
+    expect(await closed).toBeLessThan(300);
+    await get(agent, up.url);
+    expect(up.connections).toBe(2);
+  });
+
+  it('keep no timer on a socket, in use or pooled (none to refresh per read and write)', async () => {
+    const { up, agent } = await setup();
+    const seen: Array<number | undefined> = [];
+    await new Promise<void>((resolve, reject) => {
+      const req = http.get(`${up.url}/v1/models`, { agent }, (res) => {
+        seen.push((req.socket as Socket & { timeout?: number }).timeout);
+        res.resume();
+        res.on('end', resolve);
+      });
+      req.on('error', reject);
+    });
+    const pooled = Object.values(agent.freeSockets).flat()[0] as (Socket & { timeout?: number }) | undefined;
+    expect(pooled).toBeDefined();
+    seen.push(pooled!.timeout);
+    // Node leaves `timeout` undefined until a timer is set; 0 means one was cleared.
+    for (const t of seen) expect(t ?? 0).toBe(0);
+  });
+});
