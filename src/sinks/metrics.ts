@@ -6,7 +6,7 @@
  * `model` is the request model normalised and capped, then `other`. Never a key, user, trace or
  * request id. Unknown is not zero: a null token count or cost adds no sample at all.
  */
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { BudgetStatus } from '../budgets/types.js';
 import type { RateLimitInfo } from '../decoders/types.js';
 import { nanosToUnits } from '../pricing/money.js';
@@ -253,18 +253,25 @@ export function createMetricsSink(opts: MetricsSinkOptions): MetricsSink {
       for (const [upstream, n] of inflightSource()) if (upstream !== '') this.set({ upstream }, n);
     },
   });
-  const proxyOverhead = new Histogram({
-    name: METRIC.proxyOverhead,
-    help: 'Time tokenmeter itself added to a request: request read to upstream write, plus upstream bytes to client write, in seconds.',
-    labelNames: LABELS.proxyOverhead,
-    buckets: OVERHEAD_BUCKETS,
-    registers: reg,
-  });
-  const auditQueueDepth = new Gauge({
+  // Observed once per request: a series handle per upstream (prom-fast.ts), not a label lookup.
+  const proxyOverhead = new FastHistogram(
+    METRIC.proxyOverhead,
+    'Time tokenmeter itself added to a request: request read to upstream write, plus upstream bytes to client write, in seconds.',
+    LABELS.proxyOverhead,
+    OVERHEAD_BUCKETS,
+    registry,
+  );
+  const overheadSeries = new Map<string, HistogramSeries>();
+  // Changes on every record: kept in a variable and set at scrape time, not on the request path.
+  let queueDepth = 0;
+  new Gauge({
     name: METRIC.auditQueueDepth,
     help: 'Records waiting in the audit log queue.',
     labelNames: LABELS.auditQueueDepth,
     registers: reg,
+    collect() {
+      this.set(queueDepth);
+    },
   });
   const auditDropped = new Counter({
     name: METRIC.auditDropped,
@@ -330,7 +337,6 @@ export function createMetricsSink(opts: MetricsSinkOptions): MetricsSink {
   );
   // Counters/gauges without labels only appear once touched; start them at 0 so dashboards and
   // alerts see the series from the first scrape (0 is a true value here, not an unknown).
-  auditQueueDepth.set(0);
   auditDropped.inc(0);
 
   const models = new BoundedLabel(opts.maxModels);
@@ -513,7 +519,12 @@ export function createMetricsSink(opts: MetricsSinkOptions): MetricsSink {
     },
 
     overhead(upstream: string, seconds: number) {
-      proxyOverhead.observe({ upstream }, seconds);
+      let series = overheadSeries.get(upstream);
+      if (!series) {
+        series = proxyOverhead.labels({ upstream });
+        overheadSeries.set(upstream, series);
+      }
+      series.observe(seconds);
     },
 
     setInflightSource(source) {
@@ -528,7 +539,7 @@ export function createMetricsSink(opts: MetricsSinkOptions): MetricsSink {
       internalErrors.inc({ component });
     },
     auditQueueDepth(depth: number) {
-      auditQueueDepth.set(depth);
+      queueDepth = depth;
     },
     auditDropped(count: number) {
       auditDropped.inc(count);

@@ -410,6 +410,39 @@ describe('metrics sink: exact values', () => {
   });
 });
 
+describe('metrics sink: proxy overhead and queue depth', () => {
+  it('keeps one overhead histogram series per upstream, with cumulative buckets, sum and count', async () => {
+    const s = sink();
+    for (const v of [0.00004, 0.0002, 0.0002, 0.003]) s.overhead('cailag', v);
+    s.overhead('dieyu', 0.2);
+    const e = await scrape(s);
+    const bucket = (upstream: string, le: string): number | undefined =>
+      valueOf(e, 'tokenmeter_proxy_overhead_seconds_bucket', { upstream, le });
+    expect(bucket('cailag', '0.00005')).toBe(1);
+    expect(bucket('cailag', '0.0001')).toBe(1);
+    expect(bucket('cailag', '0.00025')).toBe(3);
+    expect(bucket('cailag', '0.0025')).toBe(3);
+    expect(bucket('cailag', '0.005')).toBe(4);
+    expect(bucket('cailag', '+Inf')).toBe(4);
+    expect(valueOf(e, 'tokenmeter_proxy_overhead_seconds_count', { upstream: 'cailag' })).toBe(4);
+    expect(valueOf(e, 'tokenmeter_proxy_overhead_seconds_sum', { upstream: 'cailag' })).toBeCloseTo(
+      0.00344,
+      12,
+    );
+    expect(bucket('dieyu', '0.1')).toBe(0);
+    expect(bucket('dieyu', '+Inf')).toBe(1);
+    expect(valueOf(e, 'tokenmeter_proxy_overhead_seconds_count', { upstream: 'dieyu' })).toBe(1);
+  });
+
+  it('shows the audit queue depth as 0 before any record, then the last depth given', async () => {
+    const s = sink();
+    expect(valueOf(await scrape(s), 'tokenmeter_audit_queue_depth', {})).toBe(0);
+    s.auditQueueDepth(12);
+    s.auditQueueDepth(5);
+    expect(valueOf(await scrape(s), 'tokenmeter_audit_queue_depth', {})).toBe(5);
+  });
+});
+
 describe('metrics sink: bounded labels', () => {
   it('keeps the series count bounded over 1,000 records with random model and app names', async () => {
     const maxModels = 10;
