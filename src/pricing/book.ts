@@ -22,6 +22,7 @@ import {
 } from './money.js';
 import { normalizedNames, snapshotBase } from './match.js';
 import {
+  oneByte,
   PRICE_UNITS,
   type PriceEntry,
   type PriceTable,
@@ -82,6 +83,20 @@ interface ApplicableTables {
 export function priceIdOf(table: PriceTable, entry: PriceEntry): string {
   const scope = entry.upstream ? `[${entry.upstream}]` : '';
   return `${table.name}#${entry.model}${scope}@${entry.effectiveFrom ?? 'always'}`;
+}
+
+/**
+ * `priceIdOf`, made once per entry (an entry is in one table) as a flat one-byte string: built per
+ * request it was a concatenation the audit row's JSON had to flatten every time.
+ */
+const priceIds = new WeakMap<PriceEntry, string>();
+function cachedPriceId(table: PriceTable, entry: PriceEntry): string {
+  let id = priceIds.get(entry);
+  if (id === undefined) {
+    id = oneByte(priceIdOf(table, entry));
+    priceIds.set(entry, id);
+  }
+  return id;
 }
 
 const MAX_UNPRICED_WARNINGS = 200;
@@ -226,7 +241,7 @@ export class TablePriceBook implements BoundingPriceBook {
         entry: inForce,
         table: table.table,
         origin: table.origin,
-        priceId: priceIdOf(table.table, inForce),
+        priceId: cachedPriceId(table.table, inForce),
         kind,
       };
     }

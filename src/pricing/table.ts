@@ -516,7 +516,19 @@ function stringField(pair: Pair | undefined, field: string, problem: Problem): s
     problem((pair.value as Node | null) ?? pair.key, field, 'expected text');
     return undefined;
   }
-  return pair.value.value;
+  return oneByte(pair.value.value);
+}
+
+/**
+ * A flat one-byte copy of `s` when every character fits in one (nearly always), else `s`. A YAML
+ * scalar is a slice of its file's text, and a file with one non-Latin-1 character (a Chinese
+ * comment) is a two-byte string in V8: every value cut from it is two-byte too. One such value in
+ * a record (the currency, the price id) made the whole audit row's JSON two-byte, twice the bytes
+ * to join, send to the writer thread and parse there (issue 11, docs/benchmarks.md).
+ */
+export function oneByte(s: string): string {
+  // eslint-disable-next-line no-control-regex
+  return /^[\u0000-\u00ff]*$/.test(s) ? Buffer.from(s, 'latin1').toString('latin1') : s;
 }
 
 function decimalField(pair: Pair | undefined, field: string, problem: Problem): Dec | undefined {
