@@ -51,7 +51,6 @@ export class Exchange {
   private upstream!: UpstreamSettings;
   private upReq: http.ClientRequest | undefined;
   private idleTimer: NodeJS.Timeout | undefined;
-  private connectTimer: NodeJS.Timeout | undefined;
   private bytesToClient = false;
   /** The whole request reached the upstream's socket: a generation may be billed from here on. */
   private sent = false;
@@ -246,9 +245,9 @@ export class Exchange {
     const upstream = this.upstream;
     let r: http.ClientRequest;
     try {
-      r = openUpstreamRequest(upstream, this.ctx.agentFor(upstream), method, targetPath, headers, () => {
-        if (this.connectTimer) clearTimeout(this.connectTimer);
-        this.connectTimer = undefined;
+      r = openUpstreamRequest(upstream, this.ctx.agentFor(upstream), method, targetPath, headers, {
+        timeoutMs: upstream.connectTimeoutMs,
+        onTimeout: () => this.onTimeout('connect'),
       });
     } catch (err) {
       // A synchronous failure building the upstream request (e.g. an invalid configured header
@@ -259,7 +258,6 @@ export class Exchange {
       return;
     }
     this.upReq = r;
-    this.connectTimer = setTimeout(() => this.onTimeout('connect'), upstream.connectTimeoutMs);
     // The upstream idle timer starts once the whole request is on the wire: a slow upload is the
     // client's time, not the upstream's (§3.1).
     r.on('finish', () => {
@@ -363,7 +361,7 @@ export class Exchange {
       }
       return ok;
     };
-    res.once('close', () => recoder?.destroy());
+    if (recoder) res.once('close', () => recoder.destroy());
     const pauseForDrain = () => {
       // Backpressure: a slow reader pauses the upstream read; that is not upstream idleness.
       if (upRes.isPaused()) return;
@@ -438,8 +436,7 @@ export class Exchange {
 
   private clearTimers(): void {
     if (this.idleTimer) clearTimeout(this.idleTimer);
-    if (this.connectTimer) clearTimeout(this.connectTimer);
-    this.idleTimer = this.connectTimer = undefined;
+    this.idleTimer = undefined;
   }
 
   private onTimeout(phase: 'connect' | 'idle'): void {

@@ -18,13 +18,13 @@ export function openUpstreamRequest(
   method: string,
   path: string,
   headers: string[],
-  onConnected: () => void,
+  connect: { timeoutMs: number; onTimeout: () => void },
 ): http.ClientRequest {
-  const isHttps = upstream.url.protocol === 'https:';
-  const r = (isHttps ? https : http).request({
-    protocol: upstream.url.protocol,
-    hostname: upstream.url.hostname.replace(/^\[|\]$/g, ''),
-    port: upstream.url.port || (isHttps ? 443 : 80),
+  const t = targetOf(upstream);
+  const r = t.module.request({
+    protocol: t.protocol,
+    hostname: t.hostname,
+    port: t.port,
     method,
     path,
     headers,
@@ -32,10 +32,45 @@ export function openUpstreamRequest(
     setHost: false,
   });
   r.on('socket', (s: Socket) => {
-    if (s.connecting) s.once(isHttps ? 'secureConnect' : 'connect', onConnected);
-    else onConnected();
+    // A pooled keep-alive socket is connected already: only a new connection (DNS, TCP, TLS) gets
+    // the connect timer. Most requests reuse a socket, so most pay for no timer (issue 11).
+    if (!s.connecting) return;
+    const timer = setTimeout(connect.onTimeout, connect.timeoutMs);
+    const done = (): void => {
+      clearTimeout(timer);
+      s.removeListener(t.connectedEvent, done);
+      s.removeListener('close', done);
+    };
+    s.on(t.connectedEvent, done);
+    s.on('close', done);
   });
   return r;
+}
+
+interface Target {
+  module: typeof http | typeof https;
+  protocol: string;
+  hostname: string;
+  port: string | number;
+  connectedEvent: 'connect' | 'secureConnect';
+}
+
+/** What `request()` needs of an upstream URL, worked out once per upstream instead of per request. */
+const targets = new WeakMap<UpstreamSettings, Target>();
+function targetOf(upstream: UpstreamSettings): Target {
+  let t = targets.get(upstream);
+  if (!t) {
+    const isHttps = upstream.url.protocol === 'https:';
+    t = {
+      module: isHttps ? https : http,
+      protocol: upstream.url.protocol,
+      hostname: upstream.url.hostname.replace(/^\[|\]$/g, ''),
+      port: upstream.url.port || (isHttps ? 443 : 80),
+      connectedEvent: isHttps ? 'secureConnect' : 'connect',
+    };
+    targets.set(upstream, t);
+  }
+  return t;
 }
 
 /** The client's message when the upstream cannot be reached (never a stack trace, never the key). */

@@ -72,7 +72,6 @@ export class WsSession {
   private upstream!: UpstreamSettings;
   private upReq: http.ClientRequest | undefined;
   private upSocket: Duplex | undefined;
-  private connectTimer: NodeJS.Timeout | undefined;
   private headTimer: NodeJS.Timeout | undefined;
   private lingerTimer: NodeJS.Timeout | undefined;
   /** The upgrade request reached the upstream's socket. */
@@ -202,9 +201,10 @@ export class WsSession {
     const upstream = this.upstream;
     let r: http.ClientRequest;
     try {
-      r = openUpstreamRequest(upstream, this.ctx.agentFor(upstream), 'GET', targetPath, headers, () =>
-        this.clearTimer('connectTimer'),
-      );
+      r = openUpstreamRequest(upstream, this.ctx.agentFor(upstream), 'GET', targetPath, headers, {
+        timeoutMs: upstream.connectTimeoutMs,
+        onTimeout: () => this.onTimeout('connect'),
+      });
     } catch (err) {
       const message = `cannot send to upstream ${upstream.name}: ${(err as Error).message}`;
       this.fail(502, 'upstream_error', message);
@@ -212,7 +212,6 @@ export class WsSession {
       return;
     }
     this.upReq = r;
-    this.connectTimer = setTimeout(() => this.onTimeout('connect'), upstream.connectTimeoutMs);
     r.on('finish', () => {
       this.sent = true;
       // Waiting for the 101 (or an error answer) is the upstream's time: its idle timeout applies.
@@ -375,15 +374,9 @@ export class WsSession {
     answerRaw(this.client, e.status, e.headers, e.body);
   }
 
-  private clearTimer(name: 'connectTimer' | 'headTimer'): void {
-    const t = this[name];
-    if (t) clearTimeout(t);
-    this[name] = undefined;
-  }
-
   private clearTimers(): void {
-    this.clearTimer('connectTimer');
-    this.clearTimer('headTimer');
+    if (this.headTimer) clearTimeout(this.headTimer);
+    this.headTimer = undefined;
   }
 
   /** A meter call on the traffic path: it must never reach traffic, even if the meter breaks its contract. */

@@ -466,6 +466,28 @@ describe('failures (§3.2, §12)', () => {
     ]);
   });
 
+  it('arms the connect timer only for a new connection, never on a pooled keep-alive socket', async () => {
+    const up = await startUpstream((_req, res) => res.end('{}'));
+    // A connect timeout no other timer in the process uses, to count this one alone.
+    const connectMs = 7_777;
+    const { base } = await startProxy([upstreamSettings('up', up.url, { connectTimeoutMs: connectMs })]);
+    const armed: number[] = [];
+    const real = globalThis.setTimeout;
+    globalThis.setTimeout = ((fn: () => void, ms?: number) => {
+      if (ms === connectMs) armed.push(ms);
+      return real(fn, ms);
+    }) as typeof setTimeout;
+    try {
+      const first = await request(`${base}/v1/models`);
+      expect(first.status).toBe(200);
+      expect(armed).toHaveLength(1); // the first request opened the connection
+      for (let i = 0; i < 3; i++) expect((await request(`${base}/v1/models`)).status).toBe(200);
+      expect(armed).toHaveLength(1); // the next three reused it
+    } finally {
+      globalThis.setTimeout = real;
+    }
+  });
+
   it('idle timeout before any byte → 504; after bytes → the stream is closed', async () => {
     const up = await startUpstream((req, res) => {
       if (req.url === '/v1/silent') return; // never answers
