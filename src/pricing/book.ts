@@ -140,6 +140,8 @@ interface Multiplier {
   value: Dec;
   text: string;
   scaled: bigint | null;
+  /** The multiplier as m × 10^-k in safe integers (`costNanosSmall`), or null. */
+  small: SmallDecimal | null;
 }
 
 /** Model × upstream pairs whose candidate list is kept (then the cache starts over). */
@@ -319,7 +321,12 @@ export class TablePriceBook implements BoundingPriceBook {
       const m = this.modelMultipliers.find((x) => (x.exact ? x.pattern === model : x.re.test(model)));
       if (m) value = value.times(m.value);
     }
-    const made: Multiplier = { value, text: value.toFixed(), scaled: scaledInteger(value) };
+    const made: Multiplier = {
+      value,
+      text: value.toFixed(),
+      scaled: scaledInteger(value),
+      small: smallDecimal(value),
+    };
     if (this.multiplierCache.size >= CANDIDATE_CACHE_MAX) this.multiplierCache.clear();
     this.multiplierCache.set(key, made);
     return made;
@@ -443,21 +450,27 @@ export class TablePriceBook implements BoundingPriceBook {
       price_match: match.kind,
       multiplier: multiplier.text,
     };
-    // Integers when the prices and multiplier allow (nearly always); decimal.js otherwise.
+    // Safe JS integers when every figure fits (nearly always), BigInt when it does not, decimal.js
+    // for prices or multipliers with more than 18 decimals: the same nanos on every path.
+    const small =
+      multiplier.small === null
+        ? null
+        : costNanosSmall(match, query.usage, query.operation, multiplier.small);
+    if (small !== null && 'reason' in small) return unpriced(small.reason, which);
     const exact =
-      multiplier.scaled === null
+      small !== null || multiplier.scaled === null
         ? null
         : costNanosScaled(match, query.usage, query.operation, multiplier.scaled);
-    let cost: bigint;
-    if (exact !== null) {
+    let nanos: number | null;
+    if (small !== null) nanos = small.nanos;
+    else if (exact !== null) {
       if ('reason' in exact) return unpriced(exact.reason, which);
-      cost = exact.nanos;
+      nanos = nanosToSafeNumber(exact.nanos);
     } else {
       const base = costInUnits(match, query.usage, query.operation);
       if ('reason' in base) return unpriced(base.reason, which);
-      cost = unitsToNanos(base.units.times(multiplier.value));
+      nanos = nanosToSafeNumber(unitsToNanos(base.units.times(multiplier.value)));
     }
-    const nanos = nanosToSafeNumber(cost);
     if (nanos === null) return unpriced('cost too large to store exactly', which);
     return {
       cost_nanos: nanos,
@@ -532,8 +545,9 @@ export function costInUnits(
   const problem = usageProblem(p, usage, operation);
   if (problem !== undefined) return { reason: problem };
   let perUnit = new Dec(0);
-  for (const [tokens, key] of billedTokens(usage, p.reasoning.equals(p.output)))
+  billedTokens(usage, p.reasoning.equals(p.output), (tokens, key) => {
     perUnit = perUnit.plus(new Dec(tokens).times(p[key]));
+  });
   let units = perUnit.div(new Dec(PRICE_UNITS[match.table.unit]));
   if (p.per_request !== undefined) units = units.plus(p.per_request.times(usage.requests ?? 1));
   if (p.per_image !== undefined && usage.images !== undefined)
@@ -562,12 +576,112 @@ export function costNanosScaled(
   const unit = BigInt(PRICE_UNITS[match.table.unit]);
   // Everything in (currency units × unit × SCALE): token terms as they are, fees times the unit.
   let total = 0n;
-  for (const [tokens, key] of billedTokens(usage, scaled.reasoning === scaled.output))
+  billedTokens(usage, scaled.reasoning === scaled.output, (tokens, key) => {
     total += BigInt(tokens) * scaled[key];
+  });
   if (scaled.per_request !== undefined) total += scaled.per_request * BigInt(usage.requests ?? 1) * unit;
   if (scaled.per_image !== undefined && usage.images !== undefined)
     total += scaled.per_image * BigInt(usage.images) * unit;
   return { nanos: divRoundHalfUp(total * multiplier * NANOS_PER_UNIT, unit * SCALE * SCALE) };
+}
+
+/**
+ * `costNanosScaled` in JS numbers, for the common case where every figure fits: prices and the
+ * multiplier as safe integers at their own decimal exponent (price = m × 10^-k), every product and
+ * sum a safe integer, one half-up rounding done on integers. Exact, so the same nanos as the
+ * BigInt path (test/pricing/exact.test.ts checks both against decimal.js on random tables); null
+ * whenever a figure does not fit, and the caller takes the BigInt path. Issue 11: the BigInt path
+ * cost ≈ 1 µs and 700 bytes of garbage per request.
+ */
+export function costNanosSmall(
+  match: Pick<PriceMatch, 'entry' | 'table'>,
+  usage: Usage,
+  operation: Operation,
+  multiplier: SmallDecimal,
+): { nanos: number } | { reason: string } | null {
+  if (!countsAreNaturals(usage)) return null;
+  const p = pricesFor(match.entry, usage);
+  const s = smallPricesOf(p);
+  if (s === null) return null;
+  const problem = usageProblem(p, usage, operation);
+  if (problem !== undefined) return { reason: problem };
+  const unit = PRICE_UNITS[match.table.unit];
+  // In (currency units × unit × 10^s.k). A product over 2^53 is inexact, but then so large that
+  // the sum and `scaled` fail the safe-integer check below: an inexact figure never gets through.
+  let total = 0;
+  billedTokens(usage, s.reasoning === s.output, (tokens, key) => {
+    total += tokens * s[key];
+  });
+  if (s.per_request !== undefined) total += s.per_request * (usage.requests ?? 1) * unit;
+  if (s.per_image !== undefined && usage.images !== undefined) total += s.per_image * usage.images * unit;
+  const scaled = total * multiplier.m;
+  if (!Number.isSafeInteger(scaled)) return null;
+  // nanos = scaled × 10^9 / (unit × 10^(s.k + multiplier.k)), rounded half-up.
+  const shift = 9 - s.k - multiplier.k - UNIT_DIGITS[match.table.unit];
+  if (shift >= 0) {
+    const nanos = scaled * 10 ** shift;
+    return Number.isSafeInteger(nanos) ? { nanos } : null;
+  }
+  if (shift < -15) return null;
+  const d = 10 ** -shift;
+  const r = scaled % d;
+  return { nanos: (scaled - r) / d + (2 * r >= d ? 1 : 0) };
+}
+
+/** log10 of each price unit. */
+const UNIT_DIGITS: Record<keyof typeof PRICE_UNITS, number> = { '1M': 6, '1K': 3 };
+
+/** A non-negative decimal as m × 10^-k with m a safe integer. */
+export interface SmallDecimal {
+  m: number;
+  k: number;
+}
+
+export function smallDecimal(d: Dec, k = d.decimalPlaces()): SmallDecimal | null {
+  if (d.isNegative() || !d.isFinite() || k > 15 || d.decimalPlaces() > k) return null;
+  const m = Number(d.times(new Dec(10).pow(k)).toFixed(0));
+  return Number.isSafeInteger(m) ? { m, k } : null;
+}
+
+type SmallPrices = Record<TokenPrice, number> & { k: number; per_request?: number; per_image?: number };
+
+/** Per resolved price list: its prices as safe integers at one exponent, or null. */
+const smallPrices = new WeakMap<ResolvedPrices, SmallPrices | null>();
+
+function smallPricesOf(p: ResolvedPrices): SmallPrices | null {
+  let s = smallPrices.get(p);
+  if (s !== undefined) return s;
+  const all = [
+    p.input,
+    p.output,
+    p.cache_read,
+    p.cache_write,
+    p.cache_write_1h,
+    p.reasoning,
+    p.per_request,
+    p.per_image,
+  ].filter((d): d is Dec => d !== undefined);
+  const k = Math.max(...all.map((d) => d.decimalPlaces()));
+  const at = (d: Dec | undefined): number | undefined | null =>
+    d === undefined ? undefined : (smallDecimal(d, k)?.m ?? null);
+  const tokens = {
+    input: at(p.input),
+    output: at(p.output),
+    cache_read: at(p.cache_read),
+    cache_write: at(p.cache_write),
+    cache_write_1h: at(p.cache_write_1h),
+    reasoning: at(p.reasoning),
+  };
+  const perRequest = at(p.per_request);
+  const perImage = at(p.per_image);
+  s =
+    Object.values(tokens).some((v) => v === null || v === undefined) ||
+    perRequest === null ||
+    perImage === null
+      ? null
+      : { ...(tokens as Record<TokenPrice, number>), k, per_request: perRequest, per_image: perImage };
+  smallPrices.set(p, s);
+  return s;
 }
 
 /**
@@ -620,10 +734,13 @@ function usageProblem(p: ResolvedPrices, usage: Usage, operation: Operation): st
 type TokenPrice = 'input' | 'output' | 'cache_read' | 'cache_write' | 'cache_write_1h' | 'reasoning';
 
 /** The token counts billed at each per-token price (non-zero ones only), for a valid usage. */
-function billedTokens(usage: Usage, reasoningPricedAsOutput: boolean): Array<[number, TokenPrice]> {
-  const terms: Array<[number, TokenPrice]> = [];
+function billedTokens(
+  usage: Usage,
+  reasoningPricedAsOutput: boolean,
+  bill: (tokens: number, price: TokenPrice) => void,
+): void {
   const add = (tokens: number | undefined, price: TokenPrice): void => {
-    if (tokens !== undefined && tokens !== 0) terms.push([tokens, price]);
+    if (tokens !== undefined && tokens !== 0) bill(tokens, price);
   };
   add(usage.input, 'input');
   add(usage.cacheRead, 'cache_read');
@@ -646,7 +763,6 @@ function billedTokens(usage: Usage, reasoningPricedAsOutput: boolean): Array<[nu
       add(usage.reasoning, 'reasoning');
     } else add(usage.output, 'output');
   }
-  return terms;
 }
 
 type ScaledPrices = Record<TokenPrice, bigint> & { per_request?: bigint; per_image?: bigint };

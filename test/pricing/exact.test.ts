@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { costInUnits, costNanosScaled } from '../../src/pricing/book.js';
+import { costInUnits, costNanosScaled, costNanosSmall, smallDecimal } from '../../src/pricing/book.js';
 import {
   Dec,
   divRoundHalfUp,
@@ -47,6 +47,7 @@ describe('integer pricing gives the decimal path’s figure (issue 11)', () => {
       return d > 0 ? `${whole}.${frac}` : whole;
     };
     let scaledTaken = 0;
+    let smallTaken = 0;
     const cases = 600;
     for (let i = 0; i < cases; i++) {
       // One case in ten has a price with more decimals than the scale: the decimal fallback.
@@ -99,10 +100,70 @@ describe('integer pricing gives the decimal path’s figure (issue 11)', () => {
       );
       const m = scaledInteger(b.multiplierFor('default', 'default', 'm'));
       if (m !== null && costNanosScaled(match, usage, q.operation, m) !== null) scaledTaken++;
+      const sm = smallDecimal(b.multiplierFor('default', 'default', 'm'));
+      const small = sm === null ? null : costNanosSmall(match, usage, q.operation, sm);
+      if (small !== null) {
+        smallTaken++;
+        expect('nanos' in small && BigInt(small.nanos), `case ${i}: ${lines.join(' | ')}`).toBe(want);
+      }
     }
+    // Small prices (few decimals, whole part under 10) fit in safe integers; the rest fall back.
+    expect(smallTaken).toBeGreaterThan(cases * 0.1);
+    expect(smallTaken).toBeLessThan(scaledTaken);
     // Nine cases in ten have scalable prices; about half of the tenth still do.
     expect(scaledTaken).toBeGreaterThan(cases * 0.85);
     expect(scaledTaken).toBeLessThan(cases);
+  });
+
+  it('safe-integer path: gateway-like prices take it, half-up rounding, 1K unit, overflow falls back', () => {
+    const cases: Array<[string, string, Usage, string]> = [
+      // unit, prices, usage, multiplier → checked against decimal.js below
+      [
+        '1M',
+        'input: 2.5\n    output: 10\n    cache_read: 1.25',
+        { input: 1234, output: 567, cacheRead: 89 },
+        '1',
+      ],
+      ['1M', 'input: 14.4\n    output: 57.6', { input: 1_000_001, output: 3 }, '0.8'],
+      ['1K', 'input: 0.0015\n    output: 0.002', { input: 333, output: 777 }, '0.55'],
+      // 0.5 nanos exactly: rounds up
+      ['1M', 'input: 0.0005\n    output: 0', { input: 1, output: 0 }, '1'],
+      ['1M', 'input: 0.0004999\n    output: 0', { input: 1, output: 0 }, '1'],
+    ];
+    for (const [unit, prices, usage, mult] of cases) {
+      const t = table(`currency: USD\nunit: ${unit}\nprices:\n  - model: m\n    ${prices}\n`);
+      const match = book([t]).lookup('m', 'default', new Date())!;
+      const units = costInUnits(match, usage, 'chat');
+      if ('reason' in units) throw new Error(units.reason);
+      const want = unitsToNanos(units.units.times(new Dec(mult)));
+      const small = costNanosSmall(match, usage, 'chat', smallDecimal(new Dec(mult))!);
+      expect(small, `${prices} ${mult}`).toEqual({ nanos: Number(want) });
+    }
+    expect(
+      costNanosSmall(
+        book([
+          table('currency: USD\nunit: 1M\nprices:\n  - model: m\n    input: 0.0005\n    output: 0\n'),
+        ]).lookup('m', 'default', new Date())!,
+        { input: 1, output: 0 },
+        'chat',
+        { m: 1, k: 0 },
+      ),
+    ).toEqual({ nanos: 1 });
+    // A product past 2^53 does not fit: the safe-integer path declines, BigInt gives the exact figure.
+    const big = table(
+      'currency: USD\nunit: 1M\nprices:\n  - model: m\n    input: 9.123456789\n    output: 1\n',
+    );
+    const bigBook = book([big]);
+    const match = bigBook.lookup('m', 'default', new Date())!;
+    const usage: Usage = { input: 2_000_000, output: 1 };
+    expect(costNanosSmall(match, usage, 'chat', { m: 1, k: 0 })).toBeNull();
+    const viaBook = bigBook.price(query({ model: 'm', usage }));
+    const units = costInUnits(match, usage, 'chat');
+    if ('reason' in units) throw new Error(units.reason);
+    expect(BigInt(viaBook.cost_nanos!)).toBe(unitsToNanos(units.units));
+    // A multiplier with more decimals than a safe integer holds has no small form.
+    expect(smallDecimal(new Dec('0.1234567890123456789'))).toBeNull();
+    expect(smallDecimal(new Dec('-1'))).toBeNull();
   });
 
   it('an unpriceable usage gets the same reason on both paths', () => {
@@ -113,6 +174,10 @@ describe('integer pricing gives the decimal path’s figure (issue 11)', () => {
       const dec = costInUnits(match, usage, 'chat');
       const int = costNanosScaled(match, usage, 'chat', 10n ** 18n);
       expect('reason' in dec && int !== null && 'reason' in int && int.reason === dec.reason).toBe(true);
+      const small = costNanosSmall(match, usage, 'chat', { m: 1, k: 0 });
+      expect('reason' in dec && small !== null && 'reason' in small && small.reason === dec.reason).toBe(
+        true,
+      );
     }
   });
   it('a count that is not a safe integer takes the decimal path instead of throwing', () => {
@@ -127,6 +192,7 @@ describe('integer pricing gives the decimal path’s figure (issue 11)', () => {
       { input: 2 ** 53 + 2, output: 1 },
     ] as Usage[]) {
       expect(costNanosScaled(match, usage, 'chat', 10n ** 18n)).toBeNull();
+      expect(costNanosSmall(match, usage, 'chat', { m: 1, k: 0 })).toBeNull();
       const units = costInUnits(match, usage, 'chat');
       if ('reason' in units) throw new Error(units.reason);
       const want = unitsToNanos(units.units);
