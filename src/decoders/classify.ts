@@ -80,14 +80,19 @@ interface BodyError {
   /** The body is an error envelope (not merely a body that has a message field). */
   isError: boolean;
   message?: string;
-  codes: string[];
+  codes: readonly string[];
   requestId?: string;
 }
 
+const NO_BODY_ERROR: BodyError = Object.freeze({ isError: false, codes: Object.freeze([]) });
+
 /** Pull message, codes and request id out of whichever error envelope the body uses. */
 function readBodyError(body: string | undefined): BodyError {
-  const result: BodyError = { isError: false, codes: [] };
-  if (body === undefined || body.trim() === '') return result;
+  // Most responses (every 2xx body) are not read: one shared, frozen answer for them.
+  if (body === undefined) return NO_BODY_ERROR;
+  const codes: string[] = [];
+  const result: BodyError = { isError: false, codes };
+  if (body.trim() === '') return result;
   const parsed = parseJson(body);
   const root = obj(parsed);
   if (!root) {
@@ -97,8 +102,8 @@ function readBodyError(body: string | undefined): BodyError {
     return result;
   }
   const addCode = (v: unknown): void => {
-    if (typeof v === 'string' && v !== '') result.codes.push(v);
-    else if (typeof v === 'number') result.codes.push(String(v));
+    if (typeof v === 'string' && v !== '') codes.push(v);
+    else if (typeof v === 'number') codes.push(String(v));
   };
   const error: JsonObject | undefined = obj(root.error);
   const baseResp = obj(root.base_resp);
@@ -167,9 +172,12 @@ export function scrubSecrets(message: string, apiKey?: string): string {
 
 export function classifyResponse(input: ClassifyInput): Classification {
   const bodyError = readBodyError(input.body);
-  const upstreamRequestId =
-    REQUEST_ID_HEADERS.map((h) => header(input.headers, h)).find((v) => v !== undefined) ??
-    bodyError.requestId;
+  let upstreamRequestId: string | undefined;
+  for (const h of REQUEST_ID_HEADERS) {
+    upstreamRequestId = header(input.headers, h);
+    if (upstreamRequestId !== undefined) break;
+  }
+  upstreamRequestId ??= bodyError.requestId;
 
   let errorType: ErrorType | null = null;
   let message: string | undefined;
