@@ -139,6 +139,19 @@ describe('the meter', () => {
     expect(r).toMatchObject({ usage_source: 'reported', input_tokens: 10, output_tokens: 3 });
   });
 
+  it('decodes an unlabelled gzip body that arrives in one chunk, and a plain body in one or many', async () => {
+    const h = harness();
+    const body = Buffer.from(chatBody({ prompt_tokens: 7, completion_tokens: 2 }));
+    const json = { 'content-type': 'application/json' };
+    const whole = await h.run('/v1/chat/completions', CHAT, 200, json, [gzipSync(body)]);
+    expect(whole).toMatchObject({ usage_source: 'reported', input_tokens: 7, output_tokens: 2 });
+    const plain = await h.run('/v1/chat/completions', CHAT, 200, json, [body]);
+    expect(plain).toMatchObject({ usage_source: 'reported', input_tokens: 7, output_tokens: 2 });
+    const bytes = [...body].map((b) => Buffer.from([b]));
+    const split = await h.run('/v1/chat/completions', CHAT, 200, json, bytes);
+    expect(split).toMatchObject({ usage_source: 'reported', input_tokens: 7, output_tokens: 2 });
+  });
+
   it('estimates usage of a stream cut by a client abort, and says so', async () => {
     const h = harness();
     const sse =

@@ -525,7 +525,12 @@ class RequestMeterImpl implements RequestMeter {
     const outcome = session?.outcome ?? endedAs;
     if (this.session) this.notes.push(...this.session.notes);
     const status = outcome.kind === 'rejected' ? (this.rejection?.status ?? 429) : this.status;
-    const bodyText = this.bodyChunks.length > 0 ? Buffer.concat(this.bodyChunks).toString('utf8') : undefined;
+    const chunks = this.bodyChunks;
+    // One chunk (most bodies) is decoded where it is; only several are joined first.
+    const bodyText =
+      chunks.length === 0
+        ? undefined
+        : (chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks)).toString('utf8');
 
     let decoded: DecodedResponse | undefined;
     if (this.decoder) {

@@ -46,12 +46,16 @@ export class SideCopy {
   write(chunk: Buffer): void {
     if (this.failed) return;
     if (this.sniffing) {
-      // A body with no Content-Encoding whose bytes are gzip (seen on misconfigured relays).
-      this.pending.push(chunk);
-      const head = Buffer.concat(this.pending);
-      if (head.length < 2) return;
+      // A body with no Content-Encoding whose bytes are gzip (seen on misconfigured relays). The
+      // first chunk nearly always holds both magic bytes: it is looked at as it is, not copied.
+      let head = chunk;
+      if (this.pending.length > 0 || chunk.length < 2) {
+        this.pending.push(chunk);
+        head = Buffer.concat(this.pending);
+        if (head.length < 2) return;
+        this.pending = [];
+      }
       this.sniffing = false;
-      this.pending = [];
       if (head[0] === 0x1f && head[1] === 0x8b) this.inflater = this.makeInflater('gzip');
       this.push(head);
       return;
