@@ -3,7 +3,7 @@
  * tests with a printed reason, except under CI=true, where the tests run and fail: CI must have them
  * (`apt-get install prometheus prometheus-alertmanager` on Debian/Ubuntu).
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { delimiter, join } from 'node:path';
@@ -45,9 +45,18 @@ export interface RunResult {
   output: string;
 }
 
-export function run(binary: string, args: string[], cwd?: string): RunResult {
-  const r = spawnSync(binary, args, { cwd, encoding: 'utf8', timeout: 60_000 });
-  return { status: r.status, output: `${r.stdout ?? ''}${r.stderr ?? ''}` };
+/**
+ * Runs a binary to completion. Asynchronous on purpose: a test worker blocked in spawnSync for a minute
+ * (fifteen promtool runs in one file) cannot answer vitest's RPC, and the run fails with
+ * "Timeout calling onTaskUpdate" although every test passed.
+ */
+export function run(binary: string, args: string[], cwd?: string): Promise<RunResult> {
+  return new Promise((resolve) => {
+    execFile(binary, args, { cwd, encoding: 'utf8', timeout: 60_000 }, (error, stdout, stderr) => {
+      const status = error === null ? 0 : typeof error.code === 'number' ? error.code : null;
+      resolve({ status, output: `${stdout}${stderr}` });
+    });
+  });
 }
 
 /** A free TCP port on 127.0.0.1 (bound and released; good enough for a child that binds right after). */

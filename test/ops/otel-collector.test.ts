@@ -70,8 +70,8 @@ describe('otel/collector.yaml', () => {
   // install it; the structural checks above run everywhere.
   if (otelcol === null)
     console.warn('[test/ops] skipping `otelcol-contrib validate`: no otelcol-contrib binary on PATH');
-  it.skipIf(otelcol === null)('passes `otelcol-contrib validate`', () => {
-    const r = run(otelcol!, ['validate', `--config=${CONFIG_PATH}`]);
+  it.skipIf(otelcol === null)('passes `otelcol-contrib validate`', async () => {
+    const r = await run(otelcol!, ['validate', `--config=${CONFIG_PATH}`]);
     expect(r.status, r.output).toBe(0);
   });
 });

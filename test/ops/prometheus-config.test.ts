@@ -42,8 +42,8 @@ describe('prometheus.yml (repository root)', () => {
 
   it.skipIf(skipWithoutBinary('promtool check config', PROMTOOL))(
     'promtool check config prometheus.yml passes from the repository root',
-    () => {
-      const result = run(mustHave(PROMTOOL, 'promtool'), ['check', 'config', 'prometheus.yml'], REPO);
+    async () => {
+      const result = await run(mustHave(PROMTOOL, 'promtool'), ['check', 'config', 'prometheus.yml'], REPO);
       expect(result.status, result.output).toBe(0);
       expect(result.output).toMatch(/SUCCESS: 1 rule files found/);
       expect(result.output).toMatch(/SUCCESS: \d+ rules found/);
@@ -72,10 +72,14 @@ describe('compose/prometheus.yml', () => {
 
   it.skipIf(skipWithoutBinary('promtool check config', PROMTOOL))(
     'promtool check config passes in the layout compose mounts (config + alerts/ in one directory)',
-    () => {
+    async () => {
       cpSync(COMPOSE_PROMETHEUS_CONFIG, join(scratch, 'prometheus.yml'));
       cpSync(repoPath('alerts'), join(scratch, 'alerts'), { recursive: true });
-      const result = run(mustHave(PROMTOOL, 'promtool'), ['check', 'config', 'prometheus.yml'], scratch);
+      const result = await run(
+        mustHave(PROMTOOL, 'promtool'),
+        ['check', 'config', 'prometheus.yml'],
+        scratch,
+      );
       expect(result.status, result.output).toBe(0);
       expect(result.output).toMatch(/SUCCESS: 1 rule files found/);
     },

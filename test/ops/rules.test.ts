@@ -109,17 +109,17 @@ describe('alert rules: static checks', () => {
 });
 
 describe.skipIf(skipWithoutBinary('promtool rule checks', PROMTOOL))('alert rules: real promtool', () => {
-  it('promtool check rules accepts the rules file', () => {
-    const result = run(mustHave(PROMTOOL, 'promtool'), ['check', 'rules', RULES_FILE]);
+  it('promtool check rules accepts the rules file', async () => {
+    const result = await run(mustHave(PROMTOOL, 'promtool'), ['check', 'rules', RULES_FILE]);
     expect(result.output).toMatch(/SUCCESS: \d+ rules found/);
     expect(result.status, result.output).toBe(0);
   });
 
-  it('promtool test rules passes: every alert fires on a realistic series and stays quiet on a healthy one', () => {
+  it('promtool test rules passes: every alert fires on a realistic series and stays quiet on a healthy one', async () => {
     // Relative path from the repo root, exactly as docs/operations.md tells users to run it: Prometheus
     // offsets each rule group's evaluation by a hash of its name AND file path, so an absolute path
     // (which differs per checkout) would shift evaluation times and make rate/value checks flaky.
-    const result = run(
+    const result = await run(
       mustHave(PROMTOOL, 'promtool'),
       ['test', 'rules', 'alerts/tokenmeter.rules.test.yml'],
       REPO,
@@ -131,7 +131,7 @@ describe.skipIf(skipWithoutBinary('promtool rule checks', PROMTOOL))('alert rule
   // Proves the unit tests have teeth: an alert that can never fire must make them fail.
   it.each(alertRules().map((a) => a.alert!))(
     'the promtool tests fail when %s can never fire',
-    (alertName) => {
+    async (alertName) => {
       const mutated = loadRules();
       for (const rule of mutated.groups.flatMap((g) => g.rules)) {
         if (rule.alert === alertName) rule.expr = 'vector(1) == 0';
@@ -139,7 +139,11 @@ describe.skipIf(skipWithoutBinary('promtool rule checks', PROMTOOL))('alert rule
       const dir = mkdtempSync(join(scratch, 'mutant-'));
       writeFileSync(join(dir, 'tokenmeter.rules.yml'), stringify(mutated));
       copyFileSync(RULES_TEST_FILE, join(dir, 'tokenmeter.rules.test.yml'));
-      const result = run(mustHave(PROMTOOL, 'promtool'), ['test', 'rules', 'tokenmeter.rules.test.yml'], dir);
+      const result = await run(
+        mustHave(PROMTOOL, 'promtool'),
+        ['test', 'rules', 'tokenmeter.rules.test.yml'],
+        dir,
+      );
       expect(result.status).not.toBe(0);
       expect(result.output).toContain(`alertname: ${alertName}`);
     },
