@@ -567,12 +567,8 @@ export function costNanosScaled(
   operation: Operation,
   multiplier: bigint,
 ): { nanos: bigint } | { reason: string } | null {
-  if (!countsAreNaturals(usage)) return null;
-  const p = pricesFor(match.entry, usage);
-  const scaled = scaledPricesOf(p);
-  if (scaled === null) return null;
-  const problem = usageProblem(p, usage, operation);
-  if (problem !== undefined) return { reason: problem };
+  const scaled = integerPrices(match, usage, operation, scaledPricesOf);
+  if (scaled === null || 'reason' in scaled) return scaled;
   const unit = BigInt(PRICE_UNITS[match.table.unit]);
   // Everything in (currency units × unit × SCALE): token terms as they are, fees times the unit.
   let total = 0n;
@@ -583,6 +579,25 @@ export function costNanosScaled(
   if (scaled.per_image !== undefined && usage.images !== undefined)
     total += scaled.per_image * BigInt(usage.images) * unit;
   return { nanos: divRoundHalfUp(total * multiplier * NANOS_PER_UNIT, unit * SCALE * SCALE) };
+}
+
+/**
+ * The entry's prices in an integer form (`convert`) for a usage the integer paths can price; the
+ * reason when the usage cannot be priced at all; null when a count or a price does not fit, and
+ * the caller takes the next path.
+ */
+function integerPrices<T extends object>(
+  match: Pick<PriceMatch, 'entry'>,
+  usage: Usage,
+  operation: Operation,
+  convert: (p: ResolvedPrices) => T | null,
+): T | { reason: string } | null {
+  if (!countsAreNaturals(usage)) return null;
+  const p = pricesFor(match.entry, usage);
+  const converted = convert(p);
+  if (converted === null) return null;
+  const problem = usageProblem(p, usage, operation);
+  return problem === undefined ? converted : { reason: problem };
 }
 
 /**
@@ -599,12 +614,8 @@ export function costNanosSmall(
   operation: Operation,
   multiplier: SmallDecimal,
 ): { nanos: number } | { reason: string } | null {
-  if (!countsAreNaturals(usage)) return null;
-  const p = pricesFor(match.entry, usage);
-  const s = smallPricesOf(p);
-  if (s === null) return null;
-  const problem = usageProblem(p, usage, operation);
-  if (problem !== undefined) return { reason: problem };
+  const s = integerPrices(match, usage, operation, smallPricesOf);
+  if (s === null || 'reason' in s) return s;
   const unit = PRICE_UNITS[match.table.unit];
   // In (currency units × unit × 10^s.k). A product over 2^53 is inexact, but then so large that
   // the sum and `scaled` fail the safe-integer check below: an inexact figure never gets through.
