@@ -22,6 +22,7 @@ import {
 } from './money.js';
 import { normalizedNames, snapshotBase } from './match.js';
 import {
+  MONEY_KEYS,
   oneByte,
   PRICE_UNITS,
   type PriceEntry,
@@ -662,37 +663,28 @@ const smallPrices = new WeakMap<ResolvedPrices, SmallPrices | null>();
 function smallPricesOf(p: ResolvedPrices): SmallPrices | null {
   let s = smallPrices.get(p);
   if (s !== undefined) return s;
-  const all = [
-    p.input,
-    p.output,
-    p.cache_read,
-    p.cache_write,
-    p.cache_write_1h,
-    p.reasoning,
-    p.per_request,
-    p.per_image,
-  ].filter((d): d is Dec => d !== undefined);
-  const k = Math.max(...all.map((d) => d.decimalPlaces()));
-  const at = (d: Dec | undefined): number | undefined | null =>
-    d === undefined ? undefined : (smallDecimal(d, k)?.m ?? null);
-  const tokens = {
-    input: at(p.input),
-    output: at(p.output),
-    cache_read: at(p.cache_read),
-    cache_write: at(p.cache_write),
-    cache_write_1h: at(p.cache_write_1h),
-    reasoning: at(p.reasoning),
-  };
-  const perRequest = at(p.per_request);
-  const perImage = at(p.per_image);
-  s =
-    Object.values(tokens).some((v) => v === null || v === undefined) ||
-    perRequest === null ||
-    perImage === null
-      ? null
-      : { ...(tokens as Record<TokenPrice, number>), k, per_request: perRequest, per_image: perImage };
+  // One exponent for the whole list: the most decimals any of its prices has.
+  const k = Math.max(...MONEY_KEYS.map((f) => p[f]?.decimalPlaces() ?? 0));
+  const prices = convertPrices(p, (d) => smallDecimal(d, k)?.m ?? null);
+  s = prices === null ? null : { ...prices, k };
   smallPrices.set(p, s);
   return s;
+}
+
+/** A resolved price list with every price converted, or null when one of them cannot be. */
+function convertPrices<T>(
+  p: ResolvedPrices,
+  convert: (d: Dec) => T | null,
+): (Record<TokenPrice, T> & { per_request?: T; per_image?: T }) | null {
+  const out: Partial<Record<(typeof MONEY_KEYS)[number], T>> = {};
+  for (const f of MONEY_KEYS) {
+    const d = p[f];
+    if (d === undefined) continue;
+    const v = convert(d);
+    if (v === null) return null;
+    out[f] = v;
+  }
+  return out as Record<TokenPrice, T> & { per_request?: T; per_image?: T };
 }
 
 /**
@@ -784,22 +776,7 @@ const scaledPrices = new WeakMap<ResolvedPrices, ScaledPrices | null>();
 function scaledPricesOf(p: ResolvedPrices): ScaledPrices | null {
   let s = scaledPrices.get(p);
   if (s !== undefined) return s;
-  const per = (d: Dec | undefined): bigint | undefined | null =>
-    d === undefined ? undefined : scaledInteger(d);
-  const tokens = {
-    input: scaledInteger(p.input),
-    output: scaledInteger(p.output),
-    cache_read: scaledInteger(p.cache_read),
-    cache_write: scaledInteger(p.cache_write),
-    cache_write_1h: scaledInteger(p.cache_write_1h),
-    reasoning: scaledInteger(p.reasoning),
-  };
-  const perRequest = per(p.per_request);
-  const perImage = per(p.per_image);
-  s =
-    Object.values(tokens).includes(null) || perRequest === null || perImage === null
-      ? null
-      : { ...(tokens as Record<TokenPrice, bigint>), per_request: perRequest, per_image: perImage };
+  s = convertPrices(p, scaledInteger);
   scaledPrices.set(p, s);
   return s;
 }
