@@ -7,9 +7,12 @@
  * and the bare proxy, to judge one change.
  *
  *   node --import tsx bench/steady.ts --a bare --b . [--rounds 8] [--secs 3] [--warm 10]
+ *        [--a-args=--no-db] [--b-args=...]
  *
  * A target is `bare` (bench/bare-proxy.ts) or the root of a built tokenmeter tree (its
  * bin/tokenmeter.js serve, with its defaults: SQLite audit log and metrics, OpenTelemetry off).
+ * `--a-args`/`--b-args` add serve options (space-separated) to one side, e.g. `--no-db`, to
+ * price one part of the metering against the rest in the same sitting.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -25,6 +28,8 @@ const { values: opt } = parseArgs({
     rounds: { type: 'string', default: '8' },
     secs: { type: 'string', default: '3' },
     warm: { type: 'string', default: '10' },
+    'a-args': { type: 'string', default: '' },
+    'b-args': { type: 'string', default: '' },
   },
 });
 const here = (name: string) => new URL(`./${name}`, import.meta.url).pathname;
@@ -37,7 +42,7 @@ function cleanEnv(): NodeJS.ProcessEnv {
   return env;
 }
 
-async function start(target: string, name: string, upstream: string): Promise<Child> {
+async function start(target: string, name: string, upstream: string, extra: string): Promise<Child> {
   const child =
     target === 'bare'
       ? await spawnChild({
@@ -56,6 +61,7 @@ async function start(target: string, name: string, upstream: string): Promise<Ch
             '0',
             '--db',
             join(dir, `${name}.db`),
+            ...extra.split(' ').filter(Boolean),
           ],
           env: cleanEnv(),
           cwd: dir,
@@ -84,8 +90,8 @@ try {
     portFrom: 'stdout',
   });
   children.push(upstream);
-  const a = await start(opt.a, 'a', upstream.base);
-  const b = await start(opt.b, 'b', upstream.base);
+  const a = await start(opt.a, 'a', upstream.base, opt['a-args']);
+  const b = await start(opt.b, 'b', upstream.base, opt['b-args']);
   const secs = Number(opt.secs);
   await rps(a, Number(opt.warm));
   await rps(b, Number(opt.warm));
@@ -102,8 +108,8 @@ try {
   }
   const ratios = ra.map((x, i) => rb[i]! / x);
   const fmt = (xs: number[]) => xs.map((x) => Math.round(x)).join(' ');
-  console.log(`A ${opt.a}: ${fmt(ra)} req/s (median ${Math.round(median(ra))})`);
-  console.log(`B ${opt.b}: ${fmt(rb)} req/s (median ${Math.round(median(rb))})`);
+  console.log(`A ${opt.a} ${opt['a-args']}: ${fmt(ra)} req/s (median ${Math.round(median(ra))})`);
+  console.log(`B ${opt.b} ${opt['b-args']}: ${fmt(rb)} req/s (median ${Math.round(median(rb))})`);
   console.log(
     `B/A per round: ${ratios.map((r) => r.toFixed(3)).join(' ')}; median ${median(ratios).toFixed(3)}`,
   );

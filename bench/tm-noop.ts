@@ -4,8 +4,10 @@
  * tells the proxy's own cost from the metering's. Built with the proxy tests' settings helpers and
  * NOOP_METER, which move with the proxy's interfaces.
  *
- * The source tree is TOKENMETER_BENCH_ROOT (default: this repository), so the row measures the same
- * tree as the CLI under test. Run: `node --import tsx bench/tm-noop.ts --upstream URL`; prints
+ * The tree is TOKENMETER_BENCH_ROOT (default: this repository), so the row measures the same
+ * tree as the CLI under test. The proxy and logger come from its built `dist/`, the code `serve`
+ * runs: loaded from source through tsx, every closure the proxy makes per request also ran
+ * esbuild's `__name` helper (1.5 % of a profile at c=32), a cost `serve` does not have. Run: `node --import tsx bench/tm-noop.ts --upstream URL`; prints
  * `{"port":N}` on stdout, or exits 1 with the reason on stderr.
  */
 import { resolve } from 'node:path';
@@ -22,10 +24,10 @@ const flag = process.argv.indexOf('--upstream');
 const upstreamUrl = process.argv[flag + 1] ?? 'http://127.0.0.1:1';
 
 try {
-  const { createProxyServer } = await load<ServerModule>('src/proxy/server.ts');
+  const { createProxyServer } = await load<ServerModule>('dist/proxy/server.js');
   const { testSettings, upstreamSettings } = await load<HelpersModule>('test/proxy/helpers.ts');
   const { NOOP_METER } = await load<MeterModule>('test/proxy/recording-meter.ts');
-  const { SILENT_LOGGER } = await load<typeof import('../src/log.js')>('src/log.ts');
+  const { SILENT_LOGGER } = await load<typeof import('../src/log.js')>('dist/log.js');
   const settings = testSettings([upstreamSettings('default', `${upstreamUrl}/v1`)], {
     db: null,
     presets: true,

@@ -18,7 +18,7 @@ const audit = openAuditLog({
   queueSize: 100,
   batchSize: 100,
   // Long interval: the queued records must still be in memory when the kill arrives. On this
-  // thread: the writer thread's group commit sends rows within 5 ms, so on a slow machine the
+  // thread: the writer thread's group commit sends rows within its linger, so on a slow machine the
   // "queued" rows were often written before the kill (CI failed with 5 rows instead of 3).
   flushIntervalMs: 60_000,
   writer: 'main',

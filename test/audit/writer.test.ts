@@ -83,6 +83,41 @@ describe.each(['thread', 'main'] as const)('audit log writer (%s)', (mode) => {
     expect(storedIds()).toEqual(records.map((r) => r.id).sort());
   });
 
+  it('group commit: rows that arrive within the linger go to the writer as one job, none waits past it', async () => {
+    if (mode === 'main') return; // the main-thread writer keeps full batches (next test)
+    const health = recordingHealth();
+    // A long linger and a longer timer: only the linger can have sent the job.
+    const audit = openLog({ lingerMs: 1_000, flushIntervalMs: 60_000, batchSize: 100, health });
+    // The thread is up and idle first (its start would hold the first job back by itself).
+    const first = fullRecord();
+    audit.write(first);
+    await audit.flush();
+    expect(storedIds()).toEqual([first.id]);
+    health.depth.length = 0;
+    const records = Array.from({ length: 10 }, () => fullRecord());
+    const started = Date.now();
+    for (const r of records) {
+      audit.write(r);
+      await new Promise((res) => setTimeout(res, 5));
+    }
+    const elapsed = Date.now() - started;
+    expect(elapsed).toBeLessThan(1_000); // else this machine cannot judge the linger
+    // No job left before the linger ran out: the queue only grew.
+    expect(health.depth).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    expect(storedIds()).toEqual([first.id]);
+    // And then all of them in one job, without a flush or the 60 s timer.
+    const all = [first, ...records].map((r) => r.id).sort();
+    await vi.waitFor(() => expect(storedIds()).toEqual(all), {
+      timeout: 5_000,
+    });
+    expect(health.depth).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 0]);
+  });
+
+  it('group commit waits 50 ms by default, never longer than flush_interval', () => {
+    expect(auditTestHooks.lingerMs(openLog({ flushIntervalMs: 100 }))).toBe(50);
+    expect(auditTestHooks.lingerMs(openLog({ flushIntervalMs: 20 }))).toBe(20);
+  });
+
   it('flushes on the interval timer', async () => {
     const health = recordingHealth();
     const audit = openLog({ flushIntervalMs: 20, health });
