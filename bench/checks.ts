@@ -90,6 +90,8 @@ export async function spansReceived(table: Table, t: Target, receiverBase: strin
       spans: number;
       requests: number;
       unparsed: number;
+      checked: number;
+      mismatched: number;
     };
     table.add({
       figure: 'spans received by the OTLP receiver ÷ requests sent',
@@ -97,7 +99,9 @@ export async function spansReceived(table: Table, t: Target, receiverBase: strin
       value: s.spans / t.sent,
       unit: '',
       verdict: 'info',
-      note: `${s.spans} spans in ${s.requests} exports for ${t.sent} requests${s.unparsed ? `; ${s.unparsed} unparsed` : ''}`,
+      note:
+        `${s.spans} spans in ${s.requests} exports for ${t.sent} requests; byte count checked by a full parse ` +
+        `on ${s.checked} exports, ${s.mismatched} differed${s.unparsed ? `; ${s.unparsed} unparsed` : ''}`,
     });
     return { ...s, sent: t.sent };
   } catch (err) {

@@ -59,7 +59,7 @@ describe.skipIf(skipWithoutPostgres())('GET /-/api/fleet (real server)', () => {
   }, 60_000);
   afterAll(async () => {
     await world?.stop();
-    server?.stop();
+    await server?.stop();
     tmp?.cleanup();
   });
 
@@ -159,7 +159,7 @@ describe.skipIf(skipWithoutPostgres())('GET /-/api/fleet (real server)', () => {
 
   it('Postgres stopped: 503 naming the server (password masked), serve keeps proxying; back when it is', async () => {
     expect((await fleet('')).status).toBe(200); // a pooled connection now idles, to be cut below
-    server.stopServer();
+    await server.stopServer();
     try {
       const down = await fleet('');
       expect(down.status).toBe(503);
@@ -180,7 +180,7 @@ describe.skipIf(skipWithoutPostgres())('GET /-/api/fleet (real server)', () => {
       expect((await fleet('')).body.shipper?.state).toBe('backing-off');
       expect((await call(world, '/healthz')).status).toBe(200);
     } finally {
-      server.startServer();
+      await server.startServer();
     }
     await waitFor(async () => (await fleet('')).status === 200);
     await waitFor(async () => (await fleet('')).body.hosts.some((h) => h.host === 'console-host'));

@@ -22,7 +22,7 @@ describe.skipIf(skipWithoutPostgres())('serve with shared block budgets (real Po
   }, 60_000);
   afterAll(async () => {
     while (cleanups.length) await cleanups.pop()!();
-    server?.stop();
+    await server?.stop();
   });
 
   async function sidecar(name: string, onUnreachable: 'local' | 'block', upstreamUrl: string) {
@@ -101,7 +101,7 @@ describe.skipIf(skipWithoutPostgres())('serve with shared block budgets (real Po
       await client.end();
     }
 
-    server.stopServer();
+    await server.stopServer();
     try {
       const r1 = await strict.chat();
       expect(r1.status).toBe(429);
@@ -113,7 +113,7 @@ describe.skipIf(skipWithoutPostgres())('serve with shared block budgets (real Po
       expect(lenient.lines.join('')).toContain('fleet budget ledger unreachable');
       expect(lenient.lines.join('')).not.toContain(server.password);
     } finally {
-      server.startServer();
+      await server.startServer();
     }
     await waitFor(async () => (await strict.chat()).status === 200);
   }, 40_000);

@@ -82,7 +82,7 @@ describe.skipIf(skipWithoutPostgres())('shared block budgets (real Postgres)', (
 
   afterAll(async () => {
     await Promise.all(open.map((l) => l.close()));
-    server?.stop();
+    await server?.stop();
   });
 
   function host(
@@ -259,7 +259,7 @@ describe.skipIf(skipWithoutPostgres())('shared block budgets (real Postgres)', (
     expect((await admit(local.gate)).reservation).toBeDefined();
     expect((await admit(strict.gate)).reservation).toBeDefined();
 
-    server.stopServer();
+    await server.stopServer();
     try {
       const t0 = Date.now();
       const l = await admit(local.gate);
@@ -275,7 +275,7 @@ describe.skipIf(skipWithoutPostgres())('shared block budgets (real Postgres)', (
       const l3 = await admit(local.gate);
       expect(l3.blocked).toMatchObject({ budget: 'fb-local' });
     } finally {
-      server.startServer();
+      await server.startServer();
     }
     let again: Awaited<ReturnType<typeof admit>> | undefined;
     await waitFor(async () => {

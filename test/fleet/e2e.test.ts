@@ -179,7 +179,7 @@ describe.skipIf(skipWithoutPostgres())('fleet end to end (real Postgres, real se
     await admin?.end().catch(() => undefined);
     for (const s of sidecars) await s.serve.stop();
     await closeWorld(world);
-    server?.stop();
+    await server?.stop();
   });
 
   const web = () => sidecars.filter((s) => s.name !== 'web-crash').sort((a, b) => (a.name < b.name ? -1 : 1));
@@ -237,12 +237,12 @@ describe.skipIf(skipWithoutPostgres())('fleet end to end (real Postgres, real se
     const total = () => [...sent.values()].reduce((a, b) => a + b, 0);
     try {
       await waitFor('traffic before the outage', () => (total() >= 15 ? true : undefined));
-      server.stopServer();
+      await server.stopServer();
       const atStop = total();
       try {
         await waitFor('traffic during the outage', () => (total() >= atStop + 30 ? true : undefined), 20_000);
       } finally {
-        server.startServer();
+        await server.startServer();
       }
       const atStart = total();
       await waitFor('traffic after the outage', () => (total() >= atStart + 15 ? true : undefined));

@@ -7,14 +7,21 @@
  * root, so as root the cluster runs as the `postgres` system user (`runuser -u postgres --`) and
  * the temp dir is chowned to it. Missing binaries skip the tests with a printed reason, except
  * under CI=true (`.ci/run` installs Debian's postgresql).
+ *
+ * Every binary runs asynchronously (execFile): a vitest worker that blocks its event loop for the
+ * seconds initdb and pg_ctl take cannot answer the main process's RPC, which fails the run with
+ * "Timeout calling onTaskUpdate" although every test passed (seen with promtool, test/ops/binaries.ts).
  */
-import { spawnSync } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { chownSync, existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir, userInfo } from 'node:os';
 import { delimiter, join } from 'node:path';
+import { promisify } from 'node:util';
 import pg from 'pg';
+
+const execFileAsync = promisify(execFile);
 
 export const IN_CI = process.env.CI === 'true';
 
@@ -57,13 +64,13 @@ export interface PgServer {
   password: string;
   port: number;
   /** Stops the server, keeping its data (to simulate an outage). */
-  stopServer(): void;
+  stopServer(): Promise<void>;
   /** Starts it again on the same port after stopServer(). */
-  startServer(): void;
+  startServer(): Promise<void>;
   /** A client connected as the test role (caller ends it). */
   connect(): Promise<pg.Client>;
   /** Stops the server and deletes the cluster. */
-  stop(): void;
+  stop(): Promise<void>;
 }
 
 async function freePort(): Promise<number> {
@@ -84,28 +91,44 @@ export async function startPostgres(): Promise<PgServer> {
   const dir = mkdtempSync(join(tmpdir(), 'tm-pg-'));
   const data = join(dir, 'data');
   if (asRoot) {
-    const ids = spawnSync('id', ['-u', 'postgres'], { encoding: 'utf8' });
-    const gids = spawnSync('id', ['-g', 'postgres'], { encoding: 'utf8' });
-    if (ids.status !== 0) throw new Error('running as root but there is no `postgres` user to run initdb as');
-    chownSync(dir, Number(ids.stdout.trim()), Number(gids.stdout.trim()));
+    const id = (flag: string) =>
+      execFileAsync('id', [flag, 'postgres'], { encoding: 'utf8' }).then(
+        (r) => Number(r.stdout.trim()),
+        () => {
+          throw new Error('running as root but there is no `postgres` user to run initdb as');
+        },
+      );
+    chownSync(dir, await id('-u'), await id('-g'));
   }
-  const run = (bin: string, args: string[]): void => {
+  const run = async (bin: string, args: string[]): Promise<void> => {
     const [cmd, argv] = asRoot ? ['runuser', ['-u', 'postgres', '--', bin, ...args]] : [bin, args];
-    const r = spawnSync(cmd, argv, { cwd: dir, encoding: 'utf8', timeout: 60_000 });
-    if (r.status !== 0) {
-      throw new Error(`${bin} ${args.join(' ')} failed (${r.status}): ${r.stderr}${r.stdout}`);
+    try {
+      await execFileAsync(cmd, argv, { cwd: dir, encoding: 'utf8', timeout: 60_000 });
+    } catch (err) {
+      const e = err as { code?: unknown; stderr?: string; stdout?: string };
+      throw new Error(
+        `${bin} ${args.join(' ')} failed (${String(e.code)}): ${e.stderr ?? ''}${e.stdout ?? ''}`,
+      );
     }
   };
 
   const port = await freePort();
   const password = randomBytes(12).toString('hex');
   // Local (socket) connections trust, for the setup below; TCP needs the generated password.
-  run(bins.initdb, ['-D', data, '-U', 'postgres', '--auth-local=trust', '--auth-host=scram-sha-256', '-N']);
+  await run(bins.initdb, [
+    '-D',
+    data,
+    '-U',
+    'postgres',
+    '--auth-local=trust',
+    '--auth-host=scram-sha-256',
+    '-N',
+  ]);
   const opts = `-c listen_addresses=127.0.0.1 -p ${port} -c unix_socket_directories=${dir} -c fsync=off`;
-  const startServer = (): void =>
+  const startServer = (): Promise<void> =>
     run(bins.pgCtl, ['-D', data, '-l', join(dir, 'log'), '-w', '-o', opts, 'start']);
-  const stopServer = (): void => run(bins.pgCtl, ['-D', data, '-m', 'fast', '-w', 'stop']);
-  startServer();
+  const stopServer = (): Promise<void> => run(bins.pgCtl, ['-D', data, '-m', 'fast', '-w', 'stop']);
+  await startServer();
 
   try {
     const admin = new pg.Client({ host: dir, port, user: 'postgres', database: 'postgres' });
@@ -114,7 +137,7 @@ export async function startPostgres(): Promise<PgServer> {
     await admin.query('CREATE DATABASE tokenmeter OWNER tokenmeter');
     await admin.end();
   } catch (err) {
-    stopServer();
+    await stopServer();
     rmSync(dir, { recursive: true, force: true });
     throw err;
   }
@@ -125,12 +148,12 @@ export async function startPostgres(): Promise<PgServer> {
     url,
     password,
     port,
-    stopServer() {
-      stopServer();
+    async stopServer() {
+      await stopServer();
       running = false;
     },
-    startServer() {
-      startServer();
+    async startServer() {
+      await startServer();
       running = true;
     },
     async connect() {
@@ -140,8 +163,8 @@ export async function startPostgres(): Promise<PgServer> {
       await c.connect();
       return c;
     },
-    stop() {
-      if (running) stopServer();
+    async stop() {
+      if (running) await stopServer();
       running = false;
       rmSync(dir, { recursive: true, force: true });
     },

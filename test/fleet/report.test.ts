@@ -56,7 +56,7 @@ describe.skipIf(skipWithoutPostgres())('report --fleet and fleet retention (real
   }, 60_000);
   afterAll(async () => {
     await client?.end();
-    server?.stop();
+    await server?.stop();
     tmp?.cleanup();
   });
 

@@ -21,7 +21,7 @@ describe.skipIf(skipWithoutPostgres())('serve with fleet.postgres (real server)'
   }, 60_000);
   afterAll(async () => {
     while (cleanups.length) await cleanups.pop()!();
-    server?.stop();
+    await server?.stop();
   });
 
   it('ships every proxied request with the same cost_nanos, never logging the password', async () => {

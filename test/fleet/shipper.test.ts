@@ -41,7 +41,7 @@ describe.skipIf(skipWithoutPostgres())('fleet Postgres (real server)', () => {
   }, 60_000);
   afterAll(async () => {
     await client?.end();
-    server?.stop();
+    await server?.stop();
   });
   beforeEach(async () => {
     await client.query(
@@ -59,7 +59,7 @@ describe.skipIf(skipWithoutPostgres())('fleet Postgres (real server)', () => {
     try {
       await client.query('SELECT 1');
     } catch {
-      server.startServer();
+      await server.startServer();
       client = await server.connect();
     }
   });
@@ -186,13 +186,13 @@ describe.skipIf(skipWithoutPostgres())('fleet Postgres (real server)', () => {
       const { shipper, metrics } = ship();
       await waitFor(() => shipper.shipped() === 5);
       await client.end();
-      server.stopServer();
+      await server.stopServer();
       insertRecords(local, records(20, Date.UTC(2024, 0, 1)));
       await waitFor(() => metrics.failures >= 2);
       expect(shipper.state()).toBe('backing-off');
       expect(metrics.lagValue).toBe(20);
       expect(local.prepare('SELECT count(*) AS n FROM requests').get()).toEqual({ n: 25 });
-      server.startServer();
+      await server.startServer();
       client = await server.connect();
       await waitFor(() => shipper.shipped() === 25 && metrics.lagValue === 0);
       expect(await pgIds()).toEqual([...localIdsInRowidOrder()].sort());
