@@ -7,8 +7,10 @@
  * The tree is TOKENMETER_BENCH_ROOT (default: this repository), so the row measures the same
  * tree as the CLI under test. The proxy and logger come from its built `dist/`, the code `serve`
  * runs: loaded from source through tsx, every closure the proxy makes per request also ran
- * esbuild's `__name` helper (1.5 % of a profile at c=32), a cost `serve` does not have. Run: `node --import tsx bench/tm-noop.ts --upstream URL`; prints
- * `{"port":N}` on stdout, or exits 1 with the reason on stderr.
+ * esbuild's `__name` helper (1.5 % of a profile at c=32), a cost `serve` does not have.
+ *
+ * Run: `node --import tsx bench/tm-noop.ts --upstream URL`; prints `{"port":N}` on stdout, or exits
+ * 1 with the reason on stderr.
  */
 import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';

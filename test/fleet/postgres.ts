@@ -8,22 +8,16 @@
  * the temp dir is chowned to it. Missing binaries skip the tests with a printed reason, except
  * under CI=true (`.ci/run` installs Debian's postgresql).
  *
- * Every binary runs asynchronously (execFile): a vitest worker that blocks its event loop for the
- * seconds initdb and pg_ctl take cannot answer the main process's RPC, which fails the run with
- * "Timeout calling onTaskUpdate" although every test passed (seen with promtool, test/ops/binaries.ts).
+ * Every binary runs asynchronously, through the ops tests' `run` (test/ops/binaries.ts): a vitest
+ * worker that blocks its event loop for the seconds initdb and pg_ctl take cannot answer the main
+ * process's RPC, which fails the run with "Timeout calling onTaskUpdate" although every test passed.
  */
-import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { chownSync, existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir, userInfo } from 'node:os';
 import { delimiter, join } from 'node:path';
-import { promisify } from 'node:util';
 import pg from 'pg';
-
-const execFileAsync = promisify(execFile);
-
-export const IN_CI = process.env.CI === 'true';
+import { IN_CI, freePort, run as runBinary } from '../ops/binaries.js';
 
 export interface PgBinaries {
   initdb: string;
@@ -73,17 +67,6 @@ export interface PgServer {
   stop(): Promise<void>;
 }
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const addr = s.address();
-      s.close(() => resolve(typeof addr === 'object' && addr ? addr.port : 0));
-    });
-  });
-}
-
 export async function startPostgres(): Promise<PgServer> {
   const bins = findPgBinaries();
   if (bins === null) throw new Error('PostgreSQL is required in CI but initdb/pg_ctl were not found');
@@ -91,25 +74,17 @@ export async function startPostgres(): Promise<PgServer> {
   const dir = mkdtempSync(join(tmpdir(), 'tm-pg-'));
   const data = join(dir, 'data');
   if (asRoot) {
-    const id = (flag: string) =>
-      execFileAsync('id', [flag, 'postgres'], { encoding: 'utf8' }).then(
-        (r) => Number(r.stdout.trim()),
-        () => {
-          throw new Error('running as root but there is no `postgres` user to run initdb as');
-        },
-      );
+    const id = async (flag: string): Promise<number> => {
+      const r = await runBinary('id', [flag, 'postgres']);
+      if (r.status !== 0) throw new Error('running as root but there is no `postgres` user to run initdb as');
+      return Number(r.output.trim());
+    };
     chownSync(dir, await id('-u'), await id('-g'));
   }
   const run = async (bin: string, args: string[]): Promise<void> => {
     const [cmd, argv] = asRoot ? ['runuser', ['-u', 'postgres', '--', bin, ...args]] : [bin, args];
-    try {
-      await execFileAsync(cmd, argv, { cwd: dir, encoding: 'utf8', timeout: 60_000 });
-    } catch (err) {
-      const e = err as { code?: unknown; stderr?: string; stdout?: string };
-      throw new Error(
-        `${bin} ${args.join(' ')} failed (${String(e.code)}): ${e.stderr ?? ''}${e.stdout ?? ''}`,
-      );
-    }
+    const r = await runBinary(cmd, argv, dir);
+    if (r.status !== 0) throw new Error(`${bin} ${args.join(' ')} failed (${r.status}): ${r.output}`);
   };
 
   const port = await freePort();
