@@ -4,7 +4,9 @@
  * (record, pricing, audit row to the writer thread, metrics). Prints CPU µs per exchange for the
  * whole process (main and writer threads) and for the main thread. Investigation helper for issue 11,
  * not part of `npm run bench`: `npm run build && node --import tsx bench/meter-micro.ts [N]` (add
- * --cpu-prof to profile).
+ * --cpu-prof to profile). With `MICRO_OTLP=<base URL of bench/otlp-receiver.ts>` traces are on
+ * (only OTEL_EXPORTER_OTLP_ENDPOINT set, as a user turns them on: http/protobuf), so the span's
+ * start, end and export are in the figures too.
  */
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -26,10 +28,14 @@ const settings = benchSettings(
   'http://127.0.0.1:9/v1',
   process.env.NO_DB ? null : join(mkdtempSync(join(tmpdir(), 'tm-micro-')), 'm.db'),
 );
-const rt = await buildRuntime(settings, SILENT_LOGGER, {
-  ...process.env,
-  OTEL_SDK_DISABLED: 'true',
-});
+const otlp = process.env.MICRO_OTLP;
+const rt = await buildRuntime(
+  settings,
+  SILENT_LOGGER,
+  otlp
+    ? { ...process.env, OTEL_EXPORTER_OTLP_ENDPOINT: otlp }
+    : { ...process.env, OTEL_SDK_DISABLED: 'true' },
+);
 const reqBody = Buffer.from(
   JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'x' }] }),
 );

@@ -80,10 +80,8 @@ async function startProcesses(dir: string, children: Child[]): Promise<Processes
     [
       'tm-traces',
       () =>
-        serve('tm-traces', {
-          OTEL_EXPORTER_OTLP_ENDPOINT: receiver.base,
-          OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json',
-        }),
+        // Only the endpoint, as a user sets it: the protocol is OTLP's default, http/protobuf.
+        serve('tm-traces', { OTEL_EXPORTER_OTLP_ENDPOINT: receiver.base }),
     ],
     [
       'tm-noop',

@@ -7,12 +7,14 @@
  * and the bare proxy, to judge one change.
  *
  *   node --import tsx bench/steady.ts --a bare --b . [--rounds 8] [--secs 3] [--warm 10]
- *        [--a-args=--no-db] [--b-args=...]
+ *        [--a-args=--no-db] [--b-args=...] [--a-env=K=V,K=V] [--b-env=...]
  *
  * A target is `bare` (bench/bare-proxy.ts) or the root of a built tokenmeter tree (its
  * bin/tokenmeter.js serve, with its defaults: SQLite audit log and metrics, OpenTelemetry off).
  * `--a-args`/`--b-args` add serve options (space-separated) to one side, e.g. `--no-db`, to
- * price one part of the metering against the rest in the same sitting.
+ * price one part of the metering against the rest in the same sitting. `--a-env`/`--b-env` add
+ * environment variables; `RECEIVER` in a value starts bench/otlp-receiver.ts and stands for its
+ * base URL (e.g. `--b-env=OTEL_EXPORTER_OTLP_ENDPOINT=RECEIVER,OTEL_EXPORTER_OTLP_PROTOCOL=http/json`).
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -30,6 +32,8 @@ const { values: opt } = parseArgs({
     warm: { type: 'string', default: '10' },
     'a-args': { type: 'string', default: '' },
     'b-args': { type: 'string', default: '' },
+    'a-env': { type: 'string', default: '' },
+    'b-env': { type: 'string', default: '' },
   },
 });
 const here = (name: string) => new URL(`./${name}`, import.meta.url).pathname;
@@ -42,7 +46,23 @@ function cleanEnv(): NodeJS.ProcessEnv {
   return env;
 }
 
-async function start(target: string, name: string, upstream: string, extra: string): Promise<Child> {
+/** `K=V,K=V` → env entries; `RECEIVER` in a value becomes the OTLP receiver's base URL. */
+function envOf(spec: string, receiver: string | undefined): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {};
+  for (const kv of spec.split(',').filter(Boolean)) {
+    const at = kv.indexOf('=');
+    env[kv.slice(0, at)] = kv.slice(at + 1).replace('RECEIVER', receiver ?? 'RECEIVER');
+  }
+  return env;
+}
+
+async function start(
+  target: string,
+  name: string,
+  upstream: string,
+  extra: string,
+  env: NodeJS.ProcessEnv,
+): Promise<Child> {
   const child =
     target === 'bare'
       ? await spawnChild({
@@ -63,7 +83,7 @@ async function start(target: string, name: string, upstream: string, extra: stri
             join(dir, `${name}.db`),
             ...extra.split(' ').filter(Boolean),
           ],
-          env: cleanEnv(),
+          env: { ...cleanEnv(), ...env },
           cwd: dir,
           portFrom: 'stderr-listening',
         });
@@ -90,8 +110,17 @@ try {
     portFrom: 'stdout',
   });
   children.push(upstream);
-  const a = await start(opt.a, 'a', upstream.base, opt['a-args']);
-  const b = await start(opt.b, 'b', upstream.base, opt['b-args']);
+  let receiver: Child | undefined;
+  if (`${opt['a-env']}${opt['b-env']}`.includes('RECEIVER')) {
+    receiver = await spawnChild({
+      name: 'receiver',
+      args: ['--import', 'tsx', here('otlp-receiver.ts')],
+      portFrom: 'stdout',
+    });
+    children.push(receiver);
+  }
+  const a = await start(opt.a, 'a', upstream.base, opt['a-args'], envOf(opt['a-env'], receiver?.base));
+  const b = await start(opt.b, 'b', upstream.base, opt['b-args'], envOf(opt['b-env'], receiver?.base));
   const secs = Number(opt.secs);
   await rps(a, Number(opt.warm));
   await rps(b, Number(opt.warm));
@@ -113,6 +142,7 @@ try {
   console.log(
     `B/A per round: ${ratios.map((r) => r.toFixed(3)).join(' ')}; median ${median(ratios).toFixed(3)}`,
   );
+  if (receiver) console.log(`OTLP receiver: ${await (await fetch(`${receiver.base}/stats`)).text()}`);
 } finally {
   await Promise.all(children.map((c) => c.stop(2000)));
   rmSync(dir, { recursive: true, force: true });
