@@ -17,7 +17,7 @@ import {
   type LoadSpec,
   type Timing,
 } from './load.js';
-import { rssMb, rssSampler } from './processes.js';
+import { cpuMs, rssMb, rssSampler } from './processes.js';
 import { round, type Table } from './report.js';
 
 export interface Target {
@@ -153,9 +153,27 @@ export async function latencyC1(ctx: PhaseContext): Promise<Raw> {
 
 /** Non-streamed chat at concurrency 32 for a fixed window per round: requests/s, ratio to bare. */
 export async function throughputC32(ctx: PhaseContext): Promise<Raw> {
-  const per = await inRounds(ctx, 4, (t) =>
-    load(ctx, t, { concurrency: 32, count: n(ctx, 60_000), maxMs: ms(ctx, 2000), body: CHAT_BODY }),
-  );
+  // CPU each proxy process used per request, over its windows and the settle after each (which
+  // holds its deferred work: audit commits, span export), for its main thread and the whole process.
+  const cpu = new Map<string, { mainMs: number; processMs: number; requests: number }>();
+  const per = await inRounds(ctx, 4, async (t) => {
+    const pid = t.name === 'direct' ? undefined : t.pid;
+    const before = pid === undefined ? undefined : { main: cpuMs(pid, pid), all: cpuMs(pid) };
+    const r = await load(ctx, t, {
+      concurrency: 32,
+      count: n(ctx, 60_000),
+      maxMs: ms(ctx, 2000),
+      body: CHAT_BODY,
+    });
+    if (pid !== undefined && before) {
+      const c = cpu.get(t.name) ?? { mainMs: 0, processMs: 0, requests: 0 };
+      c.mainMs += cpuMs(pid, pid) - before.main;
+      c.processMs += cpuMs(pid) - before.all;
+      c.requests += r.timings.length;
+      cpu.set(t.name, c);
+    }
+    return r;
+  });
   const rps = (runs: { timings: Timing[]; elapsedMs: number }[]) =>
     (runs.reduce((s, r) => s + r.timings.length, 0) / runs.reduce((s, r) => s + r.elapsedMs, 0)) * 1000;
   const roundRps = (name: string) => per.get(name)!.map((r) => (r.timings.length / r.elapsedMs) * 1000);
@@ -179,7 +197,40 @@ export async function throughputC32(ctx: PhaseContext): Promise<Raw> {
       note: `${Math.round(v)} req/s; bare ${Math.round(bare)}; lowest round ${round(Math.min(...byRound), 3)}${errors ? `; ${errors} errors` : ''}`,
     });
   }
+  cpuPerRequest(ctx, cpu, raw);
   return raw;
+}
+
+/**
+ * Main-thread CPU per request at c=32, as a ratio to the bare proxy's. On a small machine the
+ * proxy's main thread is what saturates first (docs/benchmarks.md, "sixth pass"), so the bare
+ * proxy's figure over a target's approximates the throughput ratio the main thread allows, and it
+ * moves less with the machine's background load than requests per second do.
+ */
+function cpuPerRequest(
+  ctx: PhaseContext,
+  cpu: Map<string, { mainMs: number; processMs: number; requests: number }>,
+  raw: Raw,
+): void {
+  const us = (name: string, k: 'mainMs' | 'processMs') => {
+    const c = cpu.get(name);
+    return c && c.requests > 0 ? (c[k] * 1000) / c.requests : NaN;
+  };
+  const bareMain = us('bare', 'mainMs');
+  for (const t of others(ctx)) {
+    const main = us(t.name, 'mainMs');
+    const all = us(t.name, 'processMs');
+    (raw[t.name] as Raw).cpu_us_per_request = { main_thread: main, process: all };
+    ctx.table.add({
+      figure: 'main-thread CPU per request, c=32 (reported)',
+      target: t.name,
+      value: Number.isFinite(main) ? main : null,
+      unit: 'µs',
+      ratio: main / bareMain,
+      ratioOf: 'bare',
+      note: `whole process ${round(all, 1)} µs; bare ÷ this ${round(bareMain / main, 3)}`,
+    });
+  }
 }
 
 /** Streams of 8 chunks at concurrency 1: time to the first body byte, added against direct. */

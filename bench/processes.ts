@@ -106,6 +106,25 @@ export function rssMb(pid: number): number {
   }
 }
 
+/**
+ * CPU time (user + system) in ms that a process, or one of its threads (`tid`; the main thread's
+ * is the pid), has used, from /proc (Linux; the kernel counts in ticks of 10 ms, USER_HZ = 100,
+ * so this is meant for windows of seconds). NaN if unreadable.
+ */
+export function cpuMs(pid: number, tid?: number): number {
+  try {
+    const stat = readFileSync(
+      tid === undefined ? `/proc/${pid}/stat` : `/proc/${pid}/task/${tid}/stat`,
+      'utf8',
+    );
+    // After "pid (comm) ", utime and stime are the 12th and 13th fields (stat fields 14 and 15).
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(f[11]) + Number(f[12])) * 10;
+  } catch {
+    return NaN;
+  }
+}
+
 /** Samples a process's RSS every `everyMs` until stopped; returns the maximum seen. */
 export function rssSampler(pid: number, everyMs = 50): { stop(): number } {
   let max = rssMb(pid);
