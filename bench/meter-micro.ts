@@ -8,9 +8,10 @@
  * (only OTEL_EXPORTER_OTLP_ENDPOINT set, as a user turns them on: http/protobuf), so the span's
  * start, end and export are in the figures too.
  */
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { cpuMs } from './processes.js';
 import { benchSettings } from './settings.js';
 import { COMPLETION } from './upstream.js';
 
@@ -77,17 +78,11 @@ async function batch(n: number): Promise<void> {
   await Promise.all(pending);
 }
 
-/** The main thread's CPU time in µs, from /proc (Linux; 10 ms ticks, fine over seconds). */
-function mainThreadUs(): number {
-  const f = readFileSync(`/proc/self/task/${process.pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-  return (Number(f[11]) + Number(f[12])) * 10_000;
-}
-
 await batch(Math.min(N, 20_000)); // warm-up: JIT and the DB file's first pages
 const p0 = process.cpuUsage();
-const t0 = mainThreadUs();
+const t0 = cpuMs(process.pid, process.pid);
 await batch(N);
-const t1 = mainThreadUs() - t0;
+const t1 = (cpuMs(process.pid, process.pid) - t0) * 1000; // µs
 const p1 = process.cpuUsage(p0);
 const us = (u: { user: number; system: number }) => ((u.user + u.system) / N).toFixed(2);
 console.log(JSON.stringify({ n: N, process_us: Number(us(p1)), main_us: Number((t1 / N).toFixed(2)) }));

@@ -157,18 +157,19 @@ export async function throughputC32(ctx: PhaseContext): Promise<Raw> {
   // holds its deferred work: audit commits, span export), for its main thread and the whole process.
   const cpu = new Map<string, { mainMs: number; processMs: number; requests: number }>();
   const per = await inRounds(ctx, 4, async (t) => {
-    const pid = t.name === 'direct' ? undefined : t.pid;
-    const before = pid === undefined ? undefined : { main: cpuMs(pid, pid), all: cpuMs(pid) };
+    // No pid for direct: its process is the upstream.
+    const pid = t.pid;
+    const before = pid === undefined ? undefined : { pid, main: cpuMs(pid, pid), all: cpuMs(pid) };
     const r = await load(ctx, t, {
       concurrency: 32,
       count: n(ctx, 60_000),
       maxMs: ms(ctx, 2000),
       body: CHAT_BODY,
     });
-    if (pid !== undefined && before) {
+    if (before) {
       const c = cpu.get(t.name) ?? { mainMs: 0, processMs: 0, requests: 0 };
-      c.mainMs += cpuMs(pid, pid) - before.main;
-      c.processMs += cpuMs(pid) - before.all;
+      c.mainMs += cpuMs(before.pid, before.pid) - before.main;
+      c.processMs += cpuMs(before.pid) - before.all;
       c.requests += r.timings.length;
       cpu.set(t.name, c);
     }

@@ -96,6 +96,13 @@ export function spawnChild(spec: SpawnSpec): Promise<Child> {
   });
 }
 
+/** The user's environment without TOKENMETER_* and OTEL_* settings, plus `extra`: serve runs on its defaults. */
+export function cleanEnv(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {};
+  for (const [k, v] of Object.entries(process.env)) if (!/^(TOKENMETER_|OTEL_)/.test(k)) env[k] = v;
+  return { ...env, ...extra };
+}
+
 /** Resident set size of a process in MiB, from /proc/<pid>/status (VmRSS); NaN if unreadable. */
 export function rssMb(pid: number): number {
   try {

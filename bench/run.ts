@@ -21,7 +21,7 @@ import { auditRows, componentBenches, selfReportedOverhead, spansReceived } from
 import { keepAliveChurn } from './churn.js';
 import * as phase from './phases.js';
 import type { PhaseContext, Target } from './phases.js';
-import { rssMb, spawnChild, type Child } from './processes.js';
+import { cleanEnv, rssMb, spawnChild, type Child } from './processes.js';
 import { Table } from './report.js';
 
 const here = (rel: string) => fileURLToPath(new URL(rel, import.meta.url));
@@ -29,13 +29,6 @@ const CLI = resolve(process.env.TOKENMETER_BENCH_CLI ?? here('../bin/tokenmeter.
 const ROOT = dirname(dirname(CLI));
 const SCALE = Number(process.env.TOKENMETER_BENCH_SCALE ?? '1');
 const COMPONENTS = process.env.TOKENMETER_BENCH_COMPONENTS !== '0';
-
-/** The user's environment without TOKENMETER_* and OTEL_* settings: serve runs on its defaults. */
-function cleanEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = {};
-  for (const [k, v] of Object.entries(process.env)) if (!/^(TOKENMETER_|OTEL_)/.test(k)) env[k] = v;
-  return { ...env, ...extra };
-}
 
 const script = (name: string, ...args: string[]) => ['--import', 'tsx', here(`./${name}`), ...args];
 

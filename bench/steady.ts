@@ -21,7 +21,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { CHAT_BODY, runLoad } from './load.js';
-import { spawnChild, type Child } from './processes.js';
+import { cleanEnv, spawnChild, type Child } from './processes.js';
 
 const { values: opt } = parseArgs({
   options: {
@@ -39,12 +39,6 @@ const { values: opt } = parseArgs({
 const here = (name: string) => new URL(`./${name}`, import.meta.url).pathname;
 const dir = mkdtempSync(join(tmpdir(), 'tm-steady-'));
 const children: Child[] = [];
-
-function cleanEnv(): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = {};
-  for (const [k, v] of Object.entries(process.env)) if (!/^(TOKENMETER_|OTEL_)/.test(k)) env[k] = v;
-  return env;
-}
 
 /** `K=V,K=V` → env entries; `RECEIVER` in a value becomes the OTLP receiver's base URL. */
 function envOf(spec: string, receiver: string | undefined): NodeJS.ProcessEnv {
@@ -83,7 +77,7 @@ async function start(
             join(dir, `${name}.db`),
             ...extra.split(' ').filter(Boolean),
           ],
-          env: { ...cleanEnv(), ...env },
+          env: cleanEnv(env),
           cwd: dir,
           portFrom: 'stderr-listening',
         });
