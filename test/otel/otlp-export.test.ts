@@ -348,6 +348,32 @@ describe('standard OTEL_* variables, as sdk-node reads them', () => {
     );
   });
 
+  it('OTEL_TRACES_SAMPLER=parentbased_traceidratio sampled out: no span, but the record keeps its trace id and its cost', async () => {
+    // The sampling docs/opentelemetry.md recommends for busy deployments thins traces, never accounting.
+    const otlp = await receiver('http');
+    const tm = await serve({
+      ...FAST,
+      OTEL_EXPORTER_OTLP_ENDPOINT: otlp.url,
+      OTEL_LOGS_EXPORTER: 'otlp',
+      OTEL_TRACES_SAMPLER: 'parentbased_traceidratio',
+      OTEL_TRACES_SAMPLER_ARG: '0',
+    });
+    const before = gateway.requests.length;
+    const answer = await tm.client.chat.completions.create({
+      model: 'gpt-4o',
+      messages: [{ role: 'user', content: 'ratio sampled out' }],
+    });
+    expect(answer.choices[0]!.message.content).toBe('echo: ratio sampled out');
+    await tm.stop();
+    expect(otlp.spans()).toEqual([]);
+    const traceparent = upstreamRequestsSince(before)[0]!.headers.traceparent as string;
+    expect(traceparent).toMatch(/^00-[0-9a-f]{32}-[0-9a-f]{16}-00$/);
+    const [log] = otlp.logs();
+    expect(log!.attributes.trace_id).toBe(traceparent.split('-')[1]);
+    expect(log!.attributes).toMatchObject({ usage_source: 'reported', currency: 'USD' });
+    expect(log!.attributes.cost_nanos).toBeGreaterThan(0);
+  });
+
   it('OTEL_PROPAGATORS=b3: the parent comes from and the span context goes to the upstream as b3', async () => {
     const otlp = await receiver('http');
     const tm = await serve(
