@@ -45,13 +45,16 @@ describe('GET /-/api/reconcile', () => {
     );
     const charged = world.gateway.billing.chargedNanos(KEY);
     expect(charged).toBe(4_000_000_000n); // 1M × 2 CNY × 2
+    // The audit row is written off the request path (a writer thread), and the balance poll runs on
+    // its own 1 s clock: either side can land first, so wait for both, the charge billed and the
+    // request metered.
     const answer = await waitFor(
-      'a reconcile line with the charge billed',
+      'a reconcile line with the charge billed and the request metered',
       async () => {
         const r = await getJson<Answer>(world, '/-/api/reconcile?since=1h');
         expect(r.status).toBe(200);
         const line = r.body.lines.find((l) => l.source === 'balance');
-        return line?.billed_nanos === charged.toString() ? r.body : undefined;
+        return line?.billed_nanos === charged.toString() && line.requests === 1 ? r.body : undefined;
       },
       15_000,
     );
