@@ -63,6 +63,13 @@ describe('GET /-/api/reconcile', () => {
 
     const db = new Database(world.dbPath, { readonly: true, fileMustExist: true });
     try {
+      // A poll stamps its snapshot when it starts and commits it after the gateway answers: one
+      // begun before `to` may land after the API answered. Once a later poll's snapshot is in,
+      // the window's snapshots are final and both sides read the same ones.
+      const toMs = Date.parse(answer.to);
+      await waitFor('a balance snapshot after the window', () =>
+        db.prepare('SELECT 1 FROM billing_snapshots WHERE ts > ? LIMIT 1').get(toMs) ? true : undefined,
+      );
       const cli = reconciliationToJson(
         buildReconciliation(db, { fromMs: Date.parse(answer.from), toMs: Date.parse(answer.to) }),
       );

@@ -131,7 +131,14 @@ describe('billed vs metered through tokenmeter serve', () => {
           upstream: 'fake',
           currency: 'CNY',
         })[0];
-        return billed && drift && Math.abs(billed.value - Number(charged) / 1e9) < 1e-9 ? t : undefined;
+        // The poller sets the billed counter before it recomputes the drift: wait for both.
+        return billed &&
+          drift &&
+          Math.abs(billed.value - Number(charged) / 1e9) < 1e-9 &&
+          drift.value > 1.23 &&
+          drift.value < 1.27
+          ? t
+          : undefined;
       },
       15_000,
     );

@@ -11,6 +11,7 @@ import {
 import type { UpstreamSettings } from '../../src/config/types.js';
 import { createLogger } from '../../src/log.js';
 import { createMetricsSink } from '../../src/sinks/metrics.js';
+import { waitFor } from '../e2e/helpers.js';
 import { parseExposition, valueOf } from './exposition.js';
 
 const KEY = 'sk-balance-secret-123';
@@ -48,10 +49,7 @@ async function fakeGateway(): Promise<FakeGateway> {
   const server = createServer((req, res) => {
     gw.hits.push({ path: req.url ?? '', headers: req.headers });
     res.writeHead(gw.reply.status, { 'content-type': 'application/json' });
-    res.end(gw.reply.body, () => {
-      // Let the poller process the body before the test looks.
-      setTimeout(() => waiters.splice(0).forEach((w) => w()), 20);
-    });
+    res.end(gw.reply.body, () => waiters.splice(0).forEach((w) => w()));
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   cleanup.push(() => new Promise<void>((resolve) => server.close(() => resolve())));
@@ -99,7 +97,8 @@ describe('upstream balance poller', () => {
       upstream('plain', `${gw.url}/v1`), // no balance: never polled
     ]);
     await first;
-    expect(await balance('dieyu')).toBe(138.5);
+    // The answer is on the wire; the poller reads it on a later turn: wait for the gauge.
+    await waitFor('the first balance', async () => ((await balance('dieyu')) === 138.5 ? true : undefined));
     expect(await balance('plain')).toBeUndefined();
     expect(gw.hits).toHaveLength(1);
     expect(gw.hits[0]!.path).toBe('/v1/balance'); // not /v1/v1/balance
@@ -109,7 +108,7 @@ describe('upstream balance poller', () => {
     // It polls again at its interval and follows the new value.
     gw.reply = { status: 200, body: JSON.stringify({ object: 'balance', currency: 'CNY', balance: 120.25 }) };
     await gw.nextHit();
-    expect(await balance('dieyu')).toBe(120.25);
+    await waitFor('the new balance', async () => ((await balance('dieyu')) === 120.25 ? true : undefined));
     expect(lines.join('')).not.toContain(KEY);
   });
 
