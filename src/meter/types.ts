@@ -62,8 +62,11 @@ export type MeterOutcome =
   | { kind: 'network'; message: string; reachedUpstream?: boolean }
   /** tokenmeter itself failed handling the request (the client got a 500). */
   | { kind: 'internal'; message: string }
-  /** The upstream connection broke after the response head (reset mid-stream). */
-  | { kind: 'upstream_reset'; message: string }
+  /**
+   * The upstream connection broke after the response head (reset mid-stream), or its head could
+   * not be forwarded (e.g. a status below 100: no usable status, `reachedUpstream` set).
+   */
+  | { kind: 'upstream_reset'; message: string; reachedUpstream?: boolean }
   | { kind: 'rejected' };
 
 export interface RequestMeter {

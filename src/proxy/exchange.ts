@@ -285,7 +285,14 @@ export class Exchange {
       this.fail(502, 'upstream_unreachable', unreachableMessage(upstream, err));
       this.end({ kind: 'network', message: err.code ?? err.message, reachedUpstream: this.sent });
     });
-    r.on('response', (upRes: IncomingMessage) => this.onResponse(upRes, strip));
+    r.on('response', (upRes: IncomingMessage) => {
+      try {
+        this.onResponse(upRes, strip);
+      } catch (err) {
+        upRes.destroy();
+        this.crash(err);
+      }
+    });
     if (body.streamRest) {
       for (const c of body.chunks) r.write(c);
       this.req.pipe(r);
@@ -340,7 +347,7 @@ export class Exchange {
       (h) => (stripper !== undefined || recoder !== undefined) && h === 'content-length',
     );
     res.sendDate = false; // pass the upstream's Date (or none), add nothing of our own
-    res.writeHead(status, upRes.statusMessage, outHeaders);
+    if (!this.writeHeadFrom(upRes, status, outHeaders)) return;
     // The meter only takes note of the head here; its work on it runs after the response.
     this.metering(() => meter!.onResponseHead(status, upRes.headers));
     // A body of unknown length (an SSE stream, chunked) may be slow to start: send the head on its
@@ -379,9 +386,15 @@ export class Exchange {
       const c0 = performance.now();
       this.idleTimer?.refresh();
       let ok = true;
-      if (stripper) for (const part of stripper.push(chunk)) ok = write(part) && ok;
-      else if (recoder) recoder.push(chunk);
-      else ok = write(chunk);
+      try {
+        if (stripper) for (const part of stripper.push(chunk)) ok = write(part) && ok;
+        else if (recoder) recoder.push(chunk);
+        else ok = write(chunk);
+      } catch (err) {
+        upRes.destroy();
+        this.crash(err);
+        return;
+      }
       this.overheadMs += performance.now() - c0;
       // Bytes first, the meter's copy after.
       this.metering(() => meter!.onResponseChunk(chunk));
@@ -395,9 +408,13 @@ export class Exchange {
         res.end();
         this.end({ kind: 'complete' });
       };
-      if (stripper) for (const part of stripper.flush()) write(part);
-      if (recoder) recoder.end(complete);
-      else complete();
+      try {
+        if (stripper) for (const part of stripper.flush()) write(part);
+        if (recoder) recoder.end(complete);
+        else complete();
+      } catch (err) {
+        this.crash(err);
+      }
     });
     upRes.on('error', () => {
       /* reported through 'close' below */
@@ -415,6 +432,78 @@ export class Exchange {
       this.end({ kind: 'upstream_reset', message: 'upstream closed the connection mid-response' });
     });
     this.overheadMs += performance.now() - t0;
+  }
+
+  /**
+   * Sends the upstream's status line and headers. Node refuses a head it considers invalid (a
+   * status below 100, a control character in the reason phrase) by throwing, which on an event
+   * callback would take the whole process down. A bad reason phrase is replaced by the standard
+   * one (the status, headers and body still go through); any other refusal answers 502
+   * `upstream_error` and ends the exchange (the upstream had the request: input is estimated).
+   * Returns false when the response cannot be forwarded.
+   */
+  private writeHeadFrom(upRes: IncomingMessage, status: number, headers: string[]): boolean {
+    const { res } = this;
+    let error: Error;
+    try {
+      res.writeHead(status, upRes.statusMessage, headers);
+      return true;
+    } catch (err) {
+      error = err as Error;
+    }
+    if ((error as NodeJS.ErrnoException).code === 'ERR_INVALID_CHAR' && !res.headersSent) {
+      try {
+        res.writeHead(status, http.STATUS_CODES[status] ?? 'unknown', headers);
+        this.ctx.log.once(
+          'upstream-reason-phrase',
+          'warn',
+          'upstream reason phrase cannot be forwarded; sent the standard one',
+          {
+            upstream: this.upstream.name,
+            status,
+          },
+        );
+        return true;
+      } catch (err) {
+        error = err as Error;
+      }
+    }
+    upRes.destroy();
+    res.statusMessage = ''; // the upstream's, if Node kept it, must not reach the error head
+    const detail = error.message.slice(0, 200);
+    this.ctx.log.once(
+      'upstream-invalid-head',
+      'warn',
+      'upstream sent a response head that cannot be forwarded',
+      {
+        upstream: this.upstream.name,
+        error: detail,
+      },
+    );
+    this.fail(
+      502,
+      'upstream_error',
+      `tokenmeter: upstream "${this.upstream.name}" sent an invalid response (${detail})`,
+    );
+    this.end({ kind: 'upstream_reset', message: `invalid response head: ${detail}`, reachedUpstream: true });
+    return false;
+  }
+
+  /**
+   * An exception of tokenmeter's own on the response path (a bug): it must not reach the process.
+   * The client gets a 500 if nothing was sent yet, else a cut response (never a clean end); the
+   * record says internal_error, and tokenmeter_internal_errors_total{component="proxy"} counts it.
+   */
+  private crash(err: unknown): void {
+    if (this.state === 'ended') return;
+    const message = err instanceof Error ? err.message : String(err);
+    this.ctx.health.internalError('proxy');
+    this.ctx.log.once('proxy-response', 'error', 'proxy failed on the response path; that response was cut', {
+      error: message,
+    });
+    this.upReq?.destroy();
+    this.fail(500, 'internal_error', 'tokenmeter internal error');
+    this.end({ kind: 'internal', message });
   }
 
   /** A meter call on the response path: it must never reach traffic, even if the meter breaks its contract. */

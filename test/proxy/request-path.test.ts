@@ -20,6 +20,7 @@ import type { HealthCounters, Sink } from '../../src/sinks/types.js';
 import { makeTempDir } from '../e2e/helpers.js';
 import { testSettings, upstreamSettings } from './helpers.js';
 import { request, startTestUpstream, type Handler } from './http-helpers.js';
+import { UsageChunkStripper } from '../../src/proxy/usage-injection.js';
 import { RecordingMeter } from './recording-meter.js';
 
 const cleanups: Array<() => Promise<void>> = [];
@@ -447,6 +448,99 @@ describe('one exchange, one record, whatever throws (§3.4)', () => {
     expect(got.good).toHaveLength(1);
     expect(got.good![0]!.input_tokens).toBe(4);
     expect(errors).toEqual(['sink:bad']);
+  });
+});
+
+/** An upstream that answers each connection's first request with these raw bytes, then closes. */
+async function rawUpstream(raw: string): Promise<string> {
+  const server = net.createServer((socket) => {
+    socket.on('error', () => {});
+    socket.once('data', () => socket.end(Buffer.from(raw, 'latin1')));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  cleanups.push(() => new Promise<void>((resolve) => server.close(() => resolve())));
+  return `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`;
+}
+
+describe('a response head Node cannot send on (§3.4, traffic first)', () => {
+  it('a status below 100 (099): 502 upstream_error, serve keeps serving, one record with estimated input', async () => {
+    const up = await rawUpstream(
+      'HTTP/1.1 099 Odd\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}',
+    );
+    const s = await serve(`${up}/v1`);
+    const r = await post(s.base, '/v1/chat/completions', JSON.stringify(CHAT));
+    expect(r.status).toBe(502);
+    expect(JSON.parse(r.body.toString())).toMatchObject({ error: { type: 'upstream_error' } });
+    expect(r.body.toString()).toContain('Invalid status code');
+    // The process is still up and still proxying.
+    expect((await request(`${s.base}/healthz`)).status).toBe(200);
+    const rows = await s.rows();
+    expect(rows).toHaveLength(1);
+    expect(rows[0]).toMatchObject({
+      error_type: 'upstream_error',
+      http_status: null,
+      usage_source: 'estimated', // the upstream had the request: its input may be billed
+      output_tokens: null,
+      cost_nanos: null, // output unknown: no cost, never a partial one
+    });
+    expect(rows[0]!.error_message).toContain('Invalid status code: 99');
+    expect(rows[0]!.input_tokens).toBeGreaterThan(0);
+  });
+
+  it('a control character in the reason phrase: status, headers and body go through with the standard phrase', async () => {
+    const body = completion({ prompt_tokens: 7, completion_tokens: 3 });
+    const up = await rawUpstream(
+      `HTTP/1.1 200 O\x01K\r\ncontent-type: application/json\r\nx-upstream: kept\r\ncontent-length: ${body.length}\r\n\r\n${body}`,
+    );
+    const s = await serve(`${up}/v1`);
+    const r = await post(s.base, '/v1/chat/completions', JSON.stringify(CHAT));
+    expect(r.status).toBe(200);
+    expect(r.headers['x-upstream']).toBe('kept');
+    expect(r.body.toString()).toBe(body);
+    const rows = await s.rows();
+    expect(rows).toHaveLength(1);
+    expect(rows[0]).toMatchObject({
+      error_type: null,
+      http_status: 200,
+      usage_source: 'reported',
+      input_tokens: 7,
+      output_tokens: 3,
+    });
+  });
+
+  it('an exception on the response path cuts that response, counts it and still records; serve keeps serving', async () => {
+    const up = await startUpstream((_q, res) => {
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      res.write('data: {"choices":[{"delta":{"content":"hi"}}]}\n\n');
+      setTimeout(() => res.end('data: [DONE]\n\n'), 20);
+    });
+    const push = UsageChunkStripper.prototype.push;
+    UsageChunkStripper.prototype.push = () => {
+      throw new Error('stripper exploded');
+    };
+    cleanups.push(async () => {
+      UsageChunkStripper.prototype.push = push;
+    });
+    const s = await serve(`${up.url}/v1`);
+    // A streamed chat without include_usage: usage is injected, so the stripper sees the stream.
+    const streamed = await post(
+      s.base,
+      '/v1/chat/completions',
+      JSON.stringify({ ...CHAT, stream: true }),
+    ).then(
+      (r) => ({ status: r.status, body: r.body.toString() }),
+      (err: Error) => ({ status: 0, body: err.message }),
+    );
+    expect(streamed.body).not.toContain('exploded'); // no internals to the client
+    expect(streamed.body).not.toContain('[DONE]'); // cut, never a clean end
+    UsageChunkStripper.prototype.push = push;
+    expect((await request(`${s.base}/healthz`)).status).toBe(200);
+    const errors = await s.metrics();
+    expect(errors).toMatch(/tokenmeter_internal_errors_total\{component="proxy"\} 1/);
+    const rows = await s.rows();
+    expect(rows).toHaveLength(1);
+    expect(rows[0]).toMatchObject({ error_type: 'internal_error', stream: 1 });
+    expect(rows[0]!.error_message).toContain('stripper exploded');
   });
 });
 
