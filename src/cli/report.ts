@@ -62,7 +62,12 @@ export interface Report {
  */
 export function parseTimeBound(text: string, flag: string, nowMs: number): number {
   const t = text.trim();
-  if (/^\d+\s*[smhdw]$/.test(t)) return nowMs - parseDurationMs(t, flag);
+  if (/^\d+\s*[smhdw]$/.test(t)) {
+    const ms = nowMs - parseDurationMs(t, flag);
+    // A Date holds ±8.64e15 ms; further back than that cannot be a time (and would throw later).
+    if (ms >= -8.64e15) return ms;
+    throw new UsageError(`${flag}: ${JSON.stringify(text)} reaches before the earliest date a time can have`);
+  }
   if (/^\d{4}-\d{2}-\d{2}$/.test(t)) {
     const ms = Date.parse(`${t}T00:00:00Z`);
     if (Number.isFinite(ms) && new Date(ms).toISOString().startsWith(t)) return ms;

@@ -165,8 +165,21 @@ export class Exchange {
     let outBody = whole;
     let injected = false;
     if (whole && shouldInjectUsage(info, choice.upstream)) {
-      outBody = injectUsageOption(whole, info.body as Record<string, unknown>);
-      injected = true;
+      try {
+        outBody = injectUsageOption(whole, info.body as Record<string, unknown>);
+        injected = true;
+      } catch (err) {
+        // A body JSON.parse read but JSON.stringify cannot write back (nested too deep for the
+        // stack): forwarded as the app sent it; the stream's usage is estimated if not reported.
+        this.ctx.log.once(
+          'usage-injection',
+          'warn',
+          'could not add stream_options.include_usage; body forwarded unchanged',
+          {
+            error: (err as Error).message.slice(0, 200),
+          },
+        );
+      }
     }
     const targetPath = joinUpstreamPath(choice.upstream.url, choice.path);
     this.startMetering(choice.upstream, choice.path, choice.routeApp, { info, requestBytes, injected });
@@ -284,6 +297,20 @@ export class Exchange {
       this.ctx.log.warn('upstream unreachable', { upstream: upstream.name, code: err.code ?? 'error' });
       this.fail(502, 'upstream_unreachable', unreachableMessage(upstream, err));
       this.end({ kind: 'network', message: err.code ?? err.message, reachedUpstream: this.sent });
+    });
+    r.on('close', () => {
+      // Node ends a request without 'response' or 'error' in one case: a 101 Switching Protocols
+      // to a request that asked for no upgrade (it destroys the socket). Whatever else might end
+      // it that way lands here too: an answer and a record now, never a wait for the idle timer.
+      if (this.state === 'ended' || this.upResStarted || this.upReq !== r) return;
+      const message =
+        // `res` is set (untyped) once a head was parsed, the 101's included.
+        (r as http.ClientRequest & { res?: IncomingMessage }).res?.statusCode === 101
+          ? 'upstream answered 101 Switching Protocols to a request that asked for no upgrade'
+          : 'upstream closed the connection without a response';
+      this.clearTimers();
+      this.fail(502, 'upstream_error', `tokenmeter: upstream "${upstream.name}": ${message}`);
+      this.end({ kind: 'upstream_reset', message, reachedUpstream: true });
     });
     r.on('response', (upRes: IncomingMessage) => {
       try {

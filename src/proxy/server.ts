@@ -177,6 +177,10 @@ export function createProxyServer(opts: ProxyServerOptions): ProxyServer {
   );
   // WebSocket upgrades (OpenAI Realtime): one WsSession each (./websocket.ts, docs/proxy.md).
   server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+    // Node takes its own 'error' listener off the socket before it emits 'upgrade': without one a
+    // client's reset (ECONNRESET, EPIPE) on any of the paths below would stop the process. A
+    // socket error ends that connection only; whoever owns it sees its 'close'.
+    socket.on('error', () => socket.destroy());
     const url = req.url ?? '/';
     const q = url.indexOf('?');
     const pathOnly = q === -1 ? url : url.slice(0, q);

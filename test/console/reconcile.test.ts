@@ -79,6 +79,14 @@ describe('GET /-/api/reconcile', () => {
     }
   });
 
+  it('a since before any date is a 400 naming it, not a 500', async () => {
+    for (const path of ['/-/api/reconcile?since=999999999d', '/-/api/prices?since=99999999999d']) {
+      const r = await getJson<{ error: string }>(world, path);
+      expect(r.status, path).toBe(400);
+      expect(r.body.error).toMatch(/since: .* before the earliest date/);
+    }
+  });
+
   it('rejects an unknown parameter', async () => {
     const r = await getJson<{ error: string }>(world, '/-/api/reconcile?upstreem=x');
     expect(r.status).toBe(400);

@@ -544,6 +544,130 @@ describe('a response head Node cannot send on (§3.4, traffic first)', () => {
   });
 });
 
+/** Opens a raw connection, sends `raw`, and resets it (RST) once `after` bytes came back (0: at once). */
+function sendAndReset(port: number, raw: string, after = 0): Promise<void> {
+  return new Promise((resolve) => {
+    const socket = net.connect(port, '127.0.0.1');
+    let got = 0;
+    socket.on('error', () => {});
+    socket.on('close', () => resolve());
+    socket.on('data', (d: Buffer) => {
+      got += d.length;
+      if (got > after && !socket.destroyed) socket.resetAndDestroy();
+    });
+    socket.write(raw, () => {
+      if (after === 0) socket.resetAndDestroy();
+    });
+  });
+}
+
+describe('a client cannot stop the proxy (§3.4, traffic first)', () => {
+  it('a reset on a request with a non-WebSocket Upgrade, or a WebSocket upgrade to an admin path, costs that request only', async () => {
+    const up = await startUpstream((_q, res) => {
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      let n = 0;
+      const t = setInterval(() => {
+        if (res.destroyed || n++ > 100) {
+          clearInterval(t);
+          res.end();
+          return;
+        }
+        res.write(`data: {"choices":[{"delta":{"content":"${'x'.repeat(500)}"}}]}\n\n`);
+      }, 5);
+    });
+    const s = await serve(`${up.url}/v1`);
+    const port = Number(new URL(s.base).port);
+    const h2c = 'Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n';
+    // Served as plain HTTP (the Upgrade ignored), reset mid-response.
+    for (let i = 0; i < 3; i++)
+      await sendAndReset(port, `GET /v1/models HTTP/1.1\r\nHost: x\r\n${h2c}\r\n`, 2000);
+    // Refused on the raw socket (a body with Upgrade; a WebSocket to an admin path), reset at once.
+    for (let i = 0; i < 10; i++) {
+      await sendAndReset(
+        port,
+        'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\nContent-Length: 2\r\n\r\n{}',
+      );
+      await sendAndReset(
+        port,
+        'GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n',
+      );
+    }
+    await sleep(100);
+    expect((await request(`${s.base}/healthz`)).status).toBe(200);
+    const rows = await s.rows();
+    // The three proxied requests, each recorded once as the client's abort.
+    expect(rows.map((r) => [r.path, r.error_type])).toEqual([
+      ['/v1/models', 'client_abort'],
+      ['/v1/models', 'client_abort'],
+      ['/v1/models', 'client_abort'],
+    ]);
+  });
+});
+
+describe('an upstream that switches protocols uninvited (§3.1)', () => {
+  it('a 101 to a plain POST is a prompt 502, recorded, never a hang until the idle timeout', async () => {
+    const up = await rawUpstream(
+      'HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\nConnection: Upgrade\r\n\r\n',
+    );
+    const s = await serve(`${up}/v1`);
+    const started = Date.now();
+    const r = await post(s.base, '/v1/chat/completions', JSON.stringify(CHAT));
+    expect(r.status).toBe(502);
+    expect(Date.now() - started).toBeLessThan(5000); // the idle timeout is 300 s
+    expect(r.body.toString()).toContain('101');
+    const rows = await s.rows();
+    expect(rows).toHaveLength(1);
+    expect(rows[0]).toMatchObject({
+      error_type: 'upstream_error',
+      http_status: null,
+      usage_source: 'estimated',
+    });
+    expect(rows[0]!.error_message).toContain('101 Switching Protocols');
+  });
+
+  it('a 101 while a streamed body is still uploading ends the exchange too', async () => {
+    const up = await rawUpstream(
+      'HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\nConnection: Upgrade\r\n\r\n',
+    );
+    const s = await serve(`${up}/v1`, 'limits:\n  max_request_body: 1KiB\n');
+    const status = await new Promise<number>((resolve, reject) => {
+      const req = http.request(`${s.base}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+      });
+      req.on('response', (res) => {
+        res.resume();
+        resolve(res.statusCode ?? 0);
+      });
+      req.on('error', reject);
+      req.write(JSON.stringify({ ...CHAT, pad: 'x'.repeat(4096) }).slice(0, 3000)); // over the cap, never finished
+      setTimeout(() => reject(new Error('no answer within 5 s')), 5000).unref();
+    });
+    expect(status).toBe(502);
+    const rows = await s.rows();
+    expect(rows).toHaveLength(1);
+    expect(rows[0]).toMatchObject({ error_type: 'upstream_error', http_status: null });
+  });
+});
+
+describe('usage injection never refuses a request (§3.3, traffic first)', () => {
+  it('a streamed body too deep to re-serialize is forwarded unchanged, not answered 500', async () => {
+    const up = await startUpstream((_q, res, body) => {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ received: body.length }));
+    });
+    const s = await serve(`${up.url}/v1`);
+    const deep = '['.repeat(200_000) + ']'.repeat(200_000);
+    const body = `{"model":"gpt-4o-mini","stream":true,"stream_options":{"x":1},"messages":[],"deep":${deep}}`;
+    const r = await post(s.base, '/v1/chat/completions', body);
+    expect(r.status).toBe(200);
+    expect(JSON.parse(r.body.toString())).toEqual({ received: body.length }); // the app's bytes, as sent
+    const rows = await s.rows();
+    expect(rows).toHaveLength(1);
+    expect(rows[0]!.error_type).toBeNull();
+  });
+});
+
 describe('admin surface (§12)', () => {
   it('/readyz is 503 while the audit log cannot write, and ready again once it can', async () => {
     const up = await answering(completion({ prompt_tokens: 2, completion_tokens: 1 }));
