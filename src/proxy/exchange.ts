@@ -464,19 +464,25 @@ export class Exchange {
   /**
    * Sends the upstream's status line and headers. Node refuses a head it considers invalid (a
    * status below 100, a control character in the reason phrase) by throwing, which on an event
-   * callback would take the whole process down. A bad reason phrase is replaced by the standard
+   * callback would take the whole process down; a 1xx as the final answer is refused here. A bad reason phrase is replaced by the standard
    * one (the status, headers and body still go through); any other refusal answers 502
    * `upstream_error` and ends the exchange (the upstream had the request: input is estimated).
    * Returns false when the response cannot be forwarded.
    */
   private writeHeadFrom(upRes: IncomingMessage, status: number, headers: string[]): boolean {
     const { res } = this;
-    let error: Error;
-    try {
-      res.writeHead(status, upRes.statusMessage, headers);
-      return true;
-    } catch (err) {
-      error = err as Error;
+    let error: Error | undefined;
+    if (status >= 100 && status < 200) {
+      // A 1xx is never a final answer (RFC 9110 §15.2). Node skips the informational ones and
+      // hands over a 101 only when it has no Upgrade header: nothing was switched, nothing answered.
+      error = new Error(`status ${status} as the final response (1xx without an upgrade)`);
+    } else {
+      try {
+        res.writeHead(status, upRes.statusMessage, headers);
+        return true;
+      } catch (err) {
+        error = err as Error;
+      }
     }
     if ((error as NodeJS.ErrnoException).code === 'ERR_INVALID_CHAR' && !res.headersSent) {
       try {

@@ -625,6 +625,21 @@ describe('an upstream that switches protocols uninvited (§3.1)', () => {
     expect(rows[0]!.error_message).toContain('101 Switching Protocols');
   });
 
+  it('a 101 without an Upgrade header (a 1xx as the final answer) is a 502, not a success', async () => {
+    const up = await rawUpstream('HTTP/1.1 101 Switching Protocols\r\ncontent-length: 0\r\n\r\n');
+    const s = await serve(`${up}/v1`);
+    const r = await post(s.base, '/v1/chat/completions', JSON.stringify(CHAT));
+    expect(r.status).toBe(502);
+    const rows = await s.rows();
+    expect(rows).toHaveLength(1);
+    expect(rows[0]).toMatchObject({
+      error_type: 'upstream_error',
+      http_status: null,
+      usage_source: 'estimated',
+    });
+    expect(rows[0]!.error_message).toContain('101');
+  });
+
   it('a 101 while a streamed body is still uploading ends the exchange too', async () => {
     const up = await rawUpstream(
       'HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\nConnection: Upgrade\r\n\r\n',
