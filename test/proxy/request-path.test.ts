@@ -604,6 +604,21 @@ describe('a client cannot stop the proxy (§3.4, traffic first)', () => {
   });
 });
 
+/**
+ * The one row a response head tokenmeter could not forward leaves: upstream_error, no usable
+ * status, input estimated (the upstream had the request), the reason in error_message.
+ */
+async function expectUnforwardedHeadRow(s: Served, reason: string): Promise<void> {
+  const rows = await s.rows();
+  expect(rows).toHaveLength(1);
+  expect(rows[0]).toMatchObject({
+    error_type: 'upstream_error',
+    http_status: null,
+    usage_source: 'estimated',
+  });
+  expect(rows[0]!.error_message).toContain(reason);
+}
+
 describe('an upstream that switches protocols uninvited (§3.1)', () => {
   it('a 101 to a plain POST is a prompt 502, recorded, never a hang until the idle timeout', async () => {
     const up = await rawUpstream(
@@ -615,14 +630,7 @@ describe('an upstream that switches protocols uninvited (§3.1)', () => {
     expect(r.status).toBe(502);
     expect(Date.now() - started).toBeLessThan(5000); // the idle timeout is 300 s
     expect(r.body.toString()).toContain('101');
-    const rows = await s.rows();
-    expect(rows).toHaveLength(1);
-    expect(rows[0]).toMatchObject({
-      error_type: 'upstream_error',
-      http_status: null,
-      usage_source: 'estimated',
-    });
-    expect(rows[0]!.error_message).toContain('101 Switching Protocols');
+    await expectUnforwardedHeadRow(s, '101 Switching Protocols');
   });
 
   it('a 101 without an Upgrade header (a 1xx as the final answer) is a 502, not a success', async () => {
@@ -630,14 +638,7 @@ describe('an upstream that switches protocols uninvited (§3.1)', () => {
     const s = await serve(`${up}/v1`);
     const r = await post(s.base, '/v1/chat/completions', JSON.stringify(CHAT));
     expect(r.status).toBe(502);
-    const rows = await s.rows();
-    expect(rows).toHaveLength(1);
-    expect(rows[0]).toMatchObject({
-      error_type: 'upstream_error',
-      http_status: null,
-      usage_source: 'estimated',
-    });
-    expect(rows[0]!.error_message).toContain('101');
+    await expectUnforwardedHeadRow(s, '101');
   });
 
   it('a 101 while a streamed body is still uploading ends the exchange too', async () => {
