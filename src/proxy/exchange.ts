@@ -303,20 +303,17 @@ export class Exchange {
       // to a request that asked for no upgrade (it destroys the socket). Whatever else might end
       // it that way lands here too: an answer and a record now, never a wait for the idle timer.
       if (this.state === 'ended' || this.upResStarted || this.upReq !== r) return;
-      const message =
+      this.upstreamFault(
         // `res` is set (untyped) once a head was parsed, the 101's included.
         (r as http.ClientRequest & { res?: IncomingMessage }).res?.statusCode === 101
           ? 'upstream answered 101 Switching Protocols to a request that asked for no upgrade'
-          : 'upstream closed the connection without a response';
-      this.clearTimers();
-      this.fail(502, 'upstream_error', `tokenmeter: upstream "${upstream.name}": ${message}`);
-      this.end({ kind: 'upstream_reset', message, reachedUpstream: true });
+          : 'upstream closed the connection without a response',
+      );
     });
     r.on('response', (upRes: IncomingMessage) => {
       try {
         this.onResponse(upRes, strip);
       } catch (err) {
-        upRes.destroy();
         this.crash(err);
       }
     });
@@ -418,7 +415,6 @@ export class Exchange {
         else if (recoder) recoder.push(chunk);
         else ok = write(chunk);
       } catch (err) {
-        upRes.destroy();
         this.crash(err);
         return;
       }
@@ -464,10 +460,10 @@ export class Exchange {
   /**
    * Sends the upstream's status line and headers. Node refuses a head it considers invalid (a
    * status below 100, a control character in the reason phrase) by throwing, which on an event
-   * callback would take the whole process down; a 1xx as the final answer is refused here. A bad reason phrase is replaced by the standard
-   * one (the status, headers and body still go through); any other refusal answers 502
-   * `upstream_error` and ends the exchange (the upstream had the request: input is estimated).
-   * Returns false when the response cannot be forwarded.
+   * callback would take the whole process down; a 1xx as the final answer is refused here. A bad
+   * reason phrase is replaced by the standard one (the status, headers and body still go
+   * through); any other refusal is an `upstreamFault`. Returns false when the response cannot be
+   * forwarded.
    */
   private writeHeadFrom(upRes: IncomingMessage, status: number, headers: string[]): boolean {
     const { res } = this;
@@ -513,19 +509,24 @@ export class Exchange {
         error: detail,
       },
     );
-    this.fail(
-      502,
-      'upstream_error',
-      `tokenmeter: upstream "${this.upstream.name}" sent an invalid response (${detail})`,
-    );
-    this.end({ kind: 'upstream_reset', message: `invalid response head: ${detail}`, reachedUpstream: true });
+    this.upstreamFault(`invalid response head: ${detail}`);
     return false;
+  }
+
+  /**
+   * The upstream answered something that cannot be forwarded: 502 `upstream_error` naming it (or
+   * a cut response once bytes went out). It had the request, so the record estimates its input.
+   */
+  private upstreamFault(message: string): void {
+    this.fail(502, 'upstream_error', `tokenmeter: upstream "${this.upstream.name}": ${message}`);
+    this.end({ kind: 'upstream_reset', message, reachedUpstream: true });
   }
 
   /**
    * An exception of tokenmeter's own on the response path (a bug): it must not reach the process.
    * The client gets a 500 if nothing was sent yet, else a cut response (never a clean end); the
    * record says internal_error, and tokenmeter_internal_errors_total{component="proxy"} counts it.
+   * Destroying the upstream request also discards its response and closes the socket.
    */
   private crash(err: unknown): void {
     if (this.state === 'ended') return;

@@ -328,46 +328,41 @@ describe('standard OTEL_* variables, as sdk-node reads them', () => {
     expect(upstreamRequestsSince(before)[0]!.headers).not.toHaveProperty('traceparent');
   });
 
-  it('OTEL_TRACES_SAMPLER=always_off: no spans, traffic fine, the context still propagates unsampled', async () => {
+  /**
+   * One chat through a serve whose sampler drops every span: the answer is untouched, nothing is
+   * exported as a span, and the trace context still goes upstream, unsampled. Returns the
+   * receiver and the traceparent the upstream got.
+   */
+  async function oneSampledOut(env: Record<string, string>, content: string) {
     const otlp = await receiver('http');
-    const tm = await serve({
-      ...FAST,
-      OTEL_EXPORTER_OTLP_ENDPOINT: otlp.url,
-      OTEL_TRACES_SAMPLER: 'always_off',
-    });
+    const tm = await serve({ ...FAST, OTEL_EXPORTER_OTLP_ENDPOINT: otlp.url, ...env });
     const before = gateway.requests.length;
     const answer = await tm.client.chat.completions.create({
       model: 'gpt-4o',
-      messages: [{ role: 'user', content: 'sampled out' }],
+      messages: [{ role: 'user', content }],
     });
-    expect(answer.choices[0]!.message.content).toBe('echo: sampled out');
-    await tm.stop();
-    expect(otlp.spans()).toEqual([]);
-    expect(upstreamRequestsSince(before)[0]!.headers.traceparent).toMatch(
-      /^00-[0-9a-f]{32}-[0-9a-f]{16}-00$/,
-    );
-  });
-
-  it('OTEL_TRACES_SAMPLER=parentbased_traceidratio sampled out: no span, but the record keeps its trace id and its cost', async () => {
-    // The sampling docs/opentelemetry.md recommends for busy deployments thins traces, never accounting.
-    const otlp = await receiver('http');
-    const tm = await serve({
-      ...FAST,
-      OTEL_EXPORTER_OTLP_ENDPOINT: otlp.url,
-      OTEL_LOGS_EXPORTER: 'otlp',
-      OTEL_TRACES_SAMPLER: 'parentbased_traceidratio',
-      OTEL_TRACES_SAMPLER_ARG: '0',
-    });
-    const before = gateway.requests.length;
-    const answer = await tm.client.chat.completions.create({
-      model: 'gpt-4o',
-      messages: [{ role: 'user', content: 'ratio sampled out' }],
-    });
-    expect(answer.choices[0]!.message.content).toBe('echo: ratio sampled out');
+    expect(answer.choices[0]!.message.content).toBe(`echo: ${content}`);
     await tm.stop();
     expect(otlp.spans()).toEqual([]);
     const traceparent = upstreamRequestsSince(before)[0]!.headers.traceparent as string;
     expect(traceparent).toMatch(/^00-[0-9a-f]{32}-[0-9a-f]{16}-00$/);
+    return { otlp, traceparent };
+  }
+
+  it('OTEL_TRACES_SAMPLER=always_off: no spans, traffic fine, the context still propagates unsampled', async () => {
+    await oneSampledOut({ OTEL_TRACES_SAMPLER: 'always_off' }, 'sampled out');
+  });
+
+  it('OTEL_TRACES_SAMPLER=parentbased_traceidratio sampled out: no span, but the record keeps its trace id and its cost', async () => {
+    // The sampling docs/opentelemetry.md recommends for busy deployments thins traces, never accounting.
+    const { otlp, traceparent } = await oneSampledOut(
+      {
+        OTEL_LOGS_EXPORTER: 'otlp',
+        OTEL_TRACES_SAMPLER: 'parentbased_traceidratio',
+        OTEL_TRACES_SAMPLER_ARG: '0',
+      },
+      'ratio sampled out',
+    );
     const [log] = otlp.logs();
     expect(log!.attributes.trace_id).toBe(traceparent.split('-')[1]);
     expect(log!.attributes).toMatchObject({ usage_source: 'reported', currency: 'USD' });

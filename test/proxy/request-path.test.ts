@@ -462,6 +462,25 @@ async function rawUpstream(raw: string): Promise<string> {
   return `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`;
 }
 
+/**
+ * The one row a response head tokenmeter could not forward leaves: upstream_error, no usable
+ * status, the reason in error_message; the upstream had the request, so its input is estimated
+ * (it may be billed) while output and cost stay unknown, never a partial cost.
+ */
+async function expectUnforwardedHeadRow(s: Served, reason: string): Promise<void> {
+  const rows = await s.rows();
+  expect(rows).toHaveLength(1);
+  expect(rows[0]).toMatchObject({
+    error_type: 'upstream_error',
+    http_status: null,
+    usage_source: 'estimated',
+    output_tokens: null,
+    cost_nanos: null,
+  });
+  expect(rows[0]!.error_message).toContain(reason);
+  expect(rows[0]!.input_tokens).toBeGreaterThan(0);
+}
+
 describe('a response head Node cannot send on (§3.4, traffic first)', () => {
   it('a status below 100 (099): 502 upstream_error, serve keeps serving, one record with estimated input', async () => {
     const up = await rawUpstream(
@@ -474,17 +493,7 @@ describe('a response head Node cannot send on (§3.4, traffic first)', () => {
     expect(r.body.toString()).toContain('Invalid status code');
     // The process is still up and still proxying.
     expect((await request(`${s.base}/healthz`)).status).toBe(200);
-    const rows = await s.rows();
-    expect(rows).toHaveLength(1);
-    expect(rows[0]).toMatchObject({
-      error_type: 'upstream_error',
-      http_status: null,
-      usage_source: 'estimated', // the upstream had the request: its input may be billed
-      output_tokens: null,
-      cost_nanos: null, // output unknown: no cost, never a partial one
-    });
-    expect(rows[0]!.error_message).toContain('Invalid status code: 99');
-    expect(rows[0]!.input_tokens).toBeGreaterThan(0);
+    await expectUnforwardedHeadRow(s, 'Invalid status code: 99');
   });
 
   it('a control character in the reason phrase: status, headers and body go through with the standard phrase', async () => {
@@ -603,21 +612,6 @@ describe('a client cannot stop the proxy (§3.4, traffic first)', () => {
     ]);
   });
 });
-
-/**
- * The one row a response head tokenmeter could not forward leaves: upstream_error, no usable
- * status, input estimated (the upstream had the request), the reason in error_message.
- */
-async function expectUnforwardedHeadRow(s: Served, reason: string): Promise<void> {
-  const rows = await s.rows();
-  expect(rows).toHaveLength(1);
-  expect(rows[0]).toMatchObject({
-    error_type: 'upstream_error',
-    http_status: null,
-    usage_source: 'estimated',
-  });
-  expect(rows[0]!.error_message).toContain(reason);
-}
 
 describe('an upstream that switches protocols uninvited (§3.1)', () => {
   it('a 101 to a plain POST is a prompt 502, recorded, never a hang until the idle timeout', async () => {
