@@ -75,12 +75,8 @@ export class Exchange {
     try {
       await this.forward();
     } catch (err) {
-      this.fail(500, 'internal_error', 'tokenmeter internal error');
       if (!this.meter) this.beginFallbackMeter();
-      this.end({ kind: 'internal', message: (err as Error).message });
-      this.ctx.log.once('proxy-exchange', 'error', 'proxy exchange failed', {
-        error: (err as Error).message,
-      });
+      this.crash(err);
     }
   }
 
@@ -523,18 +519,24 @@ export class Exchange {
   }
 
   /**
-   * An exception of tokenmeter's own on the response path (a bug): it must not reach the process.
-   * The client gets a 500 if nothing was sent yet, else a cut response (never a clean end); the
-   * record says internal_error, and tokenmeter_internal_errors_total{component="proxy"} counts it.
-   * Destroying the upstream request also discards its response and closes the socket.
+   * An exception of tokenmeter's own (a bug), while forwarding the request or on the response path
+   * (where, in an event callback, it would stop the process). The client gets a 500 if nothing was
+   * sent yet, else a cut response (never a clean end); the record says internal_error, and
+   * tokenmeter_internal_errors_total{component="proxy"} counts it. Destroying the upstream request
+   * also discards its response and closes the socket.
    */
   private crash(err: unknown): void {
     if (this.state === 'ended') return;
     const message = err instanceof Error ? err.message : String(err);
     this.ctx.health.internalError('proxy');
-    this.ctx.log.once('proxy-response', 'error', 'proxy failed on the response path; that response was cut', {
-      error: message,
-    });
+    this.ctx.log.once(
+      'proxy-exchange',
+      'error',
+      'proxy exchange failed; that request was answered 500 or cut',
+      {
+        error: message,
+      },
+    );
     this.upReq?.destroy();
     this.fail(500, 'internal_error', 'tokenmeter internal error');
     this.end({ kind: 'internal', message });

@@ -159,3 +159,22 @@ export function endpointError(
     body,
   };
 }
+
+/** What Node's `writeHead` refuses in a reason phrase: anything but HTAB, SP, VCHAR and obs-text (RFC 9112 §4). */
+const INVALID_REASON_CHAR = /[^\t\x20-\x7e\x80-\xff]/;
+
+/**
+ * The status line to write on a raw socket for an upstream's answer, by the rules Node's server
+ * applies to `writeHead`: a status outside 100–999 cannot be sent (an Error naming it, worded as
+ * Node's), a reason phrase with a control character is replaced by the standard one (`replaced`).
+ */
+export function rawStatusLine(
+  status: number,
+  reason: string | undefined,
+): { line: string; replaced: boolean } | Error {
+  if (!Number.isInteger(status) || status < 100 || status > 999)
+    return new Error(`Invalid status code: ${status}`);
+  const bad = reason !== undefined && INVALID_REASON_CHAR.test(reason);
+  const phrase = bad ? (http.STATUS_CODES[status] ?? 'unknown') : (reason ?? '');
+  return { line: `HTTP/1.1 ${status} ${phrase}\r\n`, replaced: bad };
+}

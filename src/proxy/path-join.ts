@@ -47,3 +47,22 @@ function joinPaths(upstreamPath: string, incomingPath: string): string {
   const segments = [...base, ...incoming.slice(overlap)];
   return '/' + segments.join('/') + (trailingSlash && segments.length > 0 ? '/' : '');
 }
+
+/**
+ * The origin-form (RFC 9112 §3.2.1, `/path?query`) of a request target Node's parser accepted, or
+ * undefined when it has none. A path is returned as is (the one comparison every request pays).
+ * The absolute-form (`http://host/path`), which a client sends when it takes tokenmeter for a
+ * forward proxy and which a server must accept (§3.2.2), gives its path and query: the authority
+ * is ignored, every request goes to a configured upstream. The asterisk-form (`*`, server-wide
+ * OPTIONS) and any other scheme have no path.
+ */
+export function originForm(target: string): string | undefined {
+  if (target.charCodeAt(0) === 0x2f /* '/' */) return target;
+  if (!/^https?:\/\//i.test(target)) return undefined;
+  try {
+    const u = new URL(target);
+    return u.pathname + u.search;
+  } catch {
+    return undefined;
+  }
+}

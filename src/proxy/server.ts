@@ -14,6 +14,7 @@ import type { Meter } from '../meter/types.js';
 import { NOOP_HEALTH, type HealthCounters } from '../sinks/types.js';
 import { createAgents, Inflight, type InflightMember, type ProxyContext } from './context.js';
 import { Exchange } from './exchange.js';
+import { originForm } from './path-join.js';
 import { createRouter } from './router.js';
 import { answerRaw, isWebSocketUpgrade, WsSession } from './websocket.js';
 
@@ -55,6 +56,26 @@ export interface ProxyServer {
 /** Liveness stays open even with auth_token set: container health checks and probes send no token. */
 const OPEN_ADMIN_PATHS = new Set(['/healthz']);
 const ADMIN_PATHS = new Set(['/healthz', '/readyz', '/metrics']);
+
+const BAD_TARGET_BODY = '{"error":"request target must be a path (/...) or an http(s) URL"}';
+
+/**
+ * A request whose target has no path (RFC 9112 §3.2): `OPTIONS *` asks what the server supports and
+ * is answered here (204 with `Allow`; no upstream can be meant); anything else is a 400. Neither
+ * reaches an upstream or the audit log, like the admin paths.
+ */
+function answerTargetWithoutPath(req: IncomingMessage, res: ServerResponse): void {
+  if (req.method === 'OPTIONS' && req.url === '*') {
+    res.writeHead(204, { allow: 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS' });
+    res.end();
+    return;
+  }
+  res.writeHead(400, {
+    'content-type': 'application/json',
+    'content-length': Buffer.byteLength(BAD_TARGET_BODY),
+  });
+  res.end(BAD_TARGET_BODY);
+}
 
 function bearerMatches(header: string | undefined, token: string): boolean {
   if (!header?.startsWith('Bearer ')) return false;
@@ -157,7 +178,9 @@ export function createProxyServer(opts: ProxyServerOptions): ProxyServer {
       ),
     },
     (req, res) => {
-      const url = req.url ?? '/';
+      const url = originForm(req.url ?? '/');
+      if (url === undefined) return answerTargetWithoutPath(req, res);
+      req.url = url; // an absolute-form target goes on as its path (docs/proxy.md)
       const q = url.indexOf('?');
       const pathOnly = q === -1 ? url : url.slice(0, q);
       if ((req.method === 'GET' || req.method === 'HEAD') && ADMIN_PATHS.has(pathOnly)) {
@@ -181,7 +204,17 @@ export function createProxyServer(opts: ProxyServerOptions): ProxyServer {
     // client's reset (ECONNRESET, EPIPE) on any of the paths below would stop the process. A
     // socket error ends that connection only; whoever owns it sees its 'close'.
     socket.on('error', () => socket.destroy());
-    const url = req.url ?? '/';
+    const url = originForm(req.url ?? '/');
+    if (url === undefined) {
+      answerRaw(
+        socket,
+        400,
+        { 'content-type': 'application/json', 'content-length': String(BAD_TARGET_BODY.length) },
+        BAD_TARGET_BODY,
+      );
+      return;
+    }
+    req.url = url;
     const q = url.indexOf('?');
     const pathOnly = q === -1 ? url : url.slice(0, q);
     if (!isWebSocketUpgrade(req)) {

@@ -19,7 +19,13 @@ import { MAX_MODEL_CHARS } from '../meter/inspect.js';
 import type { MeterOutcome, RequestInfo, RequestMeter } from '../meter/types.js';
 import type { Operation } from '../record.js';
 import type { ProxyContext } from './context.js';
-import { endpointError, forwardableHeaders, openUpstreamRequest, unreachableMessage } from './http-util.js';
+import {
+  endpointError,
+  forwardableHeaders,
+  openUpstreamRequest,
+  rawStatusLine,
+  unreachableMessage,
+} from './http-util.js';
 import { joinUpstreamPath } from './path-join.js';
 
 /**
@@ -105,7 +111,6 @@ export class WsSession {
     try {
       this.begin();
     } catch (err) {
-      this.fail(500, 'internal_error', 'tokenmeter internal error');
       // A session that failed before metering began still gets its one record (§3.4).
       const fallback = this.ctx.settings.upstreams[0];
       if (!this.meter && fallback)
@@ -115,11 +120,28 @@ export class WsSession {
           undefined,
           requestInfo(this.pathOnly, this.req.url ?? '/'),
         );
-      this.end({ kind: 'internal', message: (err as Error).message });
-      this.ctx.log.once('proxy-websocket', 'error', 'websocket session failed', {
-        error: (err as Error).message,
-      });
+      this.crash(err);
     }
+  }
+
+  /**
+   * An exception of tokenmeter's own (a bug), at the start or in an event callback (where it would
+   * stop the process): a 500 if nothing was sent to the client yet, else both sockets cut; the
+   * record says internal_error and tokenmeter_internal_errors_total{component="proxy"} counts it,
+   * as an HTTP exchange's does.
+   */
+  private crash(err: unknown): void {
+    if (this.state === 'ended') return;
+    const message = err instanceof Error ? err.message : String(err);
+    this.ctx.health.internalError('proxy');
+    this.ctx.log.once('proxy-websocket', 'error', 'websocket session failed; it was answered 500 or cut', {
+      error: message,
+    });
+    this.upReq?.destroy(); // after a 101 too: its socket is still the request's
+    this.upSocket?.destroy();
+    if (this.state === 'rejected') this.client.destroy();
+    else this.fail(500, 'internal_error', 'tokenmeter internal error');
+    this.end({ kind: 'internal', message });
   }
 
   private readonly onEarlyData = (chunk: Buffer): void => {
@@ -230,10 +252,21 @@ export class WsSession {
       this.fail(502, 'upstream_unreachable', unreachableMessage(upstream, err));
       this.end({ kind: 'network', message: err.code ?? err.message, reachedUpstream: this.sent });
     });
-    r.on('upgrade', (upRes: IncomingMessage, upSocket: Duplex, upHead: Buffer) =>
-      this.onUpgrade(upRes, upSocket, upHead),
-    );
-    r.on('response', (upRes: IncomingMessage) => this.onRefused(upRes));
+    // Event callbacks: an exception of ours in them is this session's `crash`, never the process's.
+    r.on('upgrade', (upRes: IncomingMessage, upSocket: Duplex, upHead: Buffer) => {
+      try {
+        this.onUpgrade(upRes, upSocket, upHead);
+      } catch (err) {
+        this.crash(err);
+      }
+    });
+    r.on('response', (upRes: IncomingMessage) => {
+      try {
+        this.onRefused(upRes);
+      } catch (err) {
+        this.crash(err);
+      }
+    });
     r.end();
   }
 
@@ -247,7 +280,8 @@ export class WsSession {
     this.state = 'open';
     this.upSocket = upSocket;
     const { client, meter } = this;
-    let head = `HTTP/${upRes.httpVersion} ${upRes.statusCode} ${upRes.statusMessage ?? ''}\r\n`;
+    // Node hands over a 101 here only: its status line is valid, its reason phrase may not be.
+    let head = this.statusLine(upRes, 101) as string;
     // The 101's headers as received, minus hop-by-hop fields other than the upgrade's own.
     const raw = forwardableHeaders(upRes.rawHeaders, () => false, { keepUpgrade: true });
     for (let i = 0; i < raw.length; i += 2) head += `${raw[i]}: ${raw[i + 1]}\r\n`;
@@ -298,10 +332,19 @@ export class WsSession {
       upRes.destroy();
       return;
     }
+    const status = upRes.statusCode ?? 502;
+    const line = this.statusLine(upRes, status);
+    if (line instanceof Error) {
+      // Written as received, the client could not parse it: a 502 naming it instead, recorded.
+      upRes.destroy();
+      const message = `invalid response head: ${line.message}`;
+      this.fail(502, 'upstream_error', `tokenmeter: upstream "${this.upstream.name}": ${message}`);
+      this.end({ kind: 'upstream_reset', message, reachedUpstream: true });
+      return;
+    }
     this.state = 'responding';
     const { client, meter } = this;
-    const status = upRes.statusCode ?? 502;
-    let head = `HTTP/1.1 ${status} ${upRes.statusMessage ?? ''}\r\n`;
+    let head = line;
     const raw = forwardableHeaders(upRes.rawHeaders, () => false);
     for (let i = 0; i < raw.length; i += 2) head += `${raw[i]}: ${raw[i + 1]}\r\n`;
     // The body's end is the connection's end (its length, if stated, still stands).
@@ -328,6 +371,34 @@ export class WsSession {
       client.destroy();
       this.end({ kind: 'upstream_reset', message: 'upstream closed the connection mid-response' });
     });
+  }
+
+  /**
+   * The status line for the upstream's answer, or why it cannot be sent; a reason phrase Node's
+   * server would refuse is replaced by the standard one, as on the HTTP path (logged once).
+   */
+  private statusLine(upRes: IncomingMessage, status: number): string | Error {
+    const line = rawStatusLine(status, upRes.statusMessage);
+    if (line instanceof Error) {
+      this.ctx.log.once(
+        'upstream-invalid-head',
+        'warn',
+        'upstream sent a response head that cannot be forwarded',
+        {
+          upstream: this.upstream.name,
+          error: line.message,
+        },
+      );
+      return line;
+    }
+    if (line.replaced)
+      this.ctx.log.once(
+        'upstream-reason-phrase',
+        'warn',
+        'upstream reason phrase cannot be forwarded; sent the standard one',
+        { upstream: this.upstream.name, status },
+      );
+    return line.line;
   }
 
   /** The client's socket ended, closed or failed: the upstream is cut at once (no orphaned session). */

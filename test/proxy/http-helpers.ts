@@ -1,6 +1,6 @@
 /** Real HTTP servers and a raw client for the proxy tests (127.0.0.1 only). */
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import net, { type AddressInfo } from 'node:net';
 
 export type Handler = (req: IncomingMessage, res: ServerResponse, body: Buffer) => void;
 
@@ -78,5 +78,31 @@ export function request(
     );
     req.on('error', reject);
     req.end(opts.body);
+  });
+}
+
+/**
+ * An upstream that answers each connection's first request with these raw bytes (latin1), then
+ * closes: for heads no real server would send. Returns its base URL; closed by `cleanups`.
+ */
+export async function startRawUpstream(raw: string, cleanups: Array<() => Promise<void>>): Promise<string> {
+  const server = net.createServer((socket) => {
+    socket.on('error', () => {});
+    socket.once('data', () => socket.end(Buffer.from(raw, 'latin1')));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  cleanups.push(() => new Promise<void>((resolve) => server.close(() => resolve())));
+  return `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+}
+
+/** Sends `raw` bytes on a new connection; resolves with every byte that came back before it closed (latin1). */
+export function rawExchange(port: number, raw: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(port, '127.0.0.1');
+    const chunks: Buffer[] = [];
+    socket.on('data', (c: Buffer) => chunks.push(c));
+    socket.on('error', reject);
+    socket.on('close', () => resolve(Buffer.concat(chunks).toString('latin1')));
+    socket.write(raw);
   });
 }

@@ -19,7 +19,7 @@ import type { RequestRecord } from '../../src/record.js';
 import type { HealthCounters, Sink } from '../../src/sinks/types.js';
 import { makeTempDir } from '../e2e/helpers.js';
 import { testSettings, upstreamSettings } from './helpers.js';
-import { request, startTestUpstream, type Handler } from './http-helpers.js';
+import { rawExchange, request, startRawUpstream, startTestUpstream, type Handler } from './http-helpers.js';
 import { UsageChunkStripper } from '../../src/proxy/usage-injection.js';
 import { RecordingMeter } from './recording-meter.js';
 
@@ -112,6 +112,14 @@ async function proxyOnce(upstreamUrl: string, meter: Meter, health?: HealthCount
   });
   return { proxy, r };
 }
+
+/** Health counters that record each internal error's component, in order. */
+const recordingHealth = (errors: string[]): HealthCounters => ({
+  internalError: (c) => errors.push(c),
+  auditQueueDepth: () => {},
+  auditDropped: () => {},
+  sseOversize: () => {},
+});
 
 const post = (base: string, path: string, body: string | Buffer, headers: Record<string, string> = {}) =>
   request(`${base}${path}`, {
@@ -382,9 +390,13 @@ describe('one exchange, one record, whatever throws (§3.4)', () => {
         } as RequestMeter;
       },
     };
-    const { proxy, r } = await proxyOnce(up.url, meter);
+    const errors: string[] = [];
+    const health = recordingHealth(errors);
+    const { proxy, r } = await proxyOnce(up.url, meter, health);
     expect(r.status).toBe(500);
     expect(r.body.toString()).not.toContain('exploded'); // no internals to the client
+    // A bug of tokenmeter's own, on the forward path as on the response path: counted once.
+    expect(errors).toEqual(['proxy']);
     expect(await inner.requests[0]!.finished).toEqual({
       kind: 'internal',
       message: 'trace context exploded',
@@ -414,12 +426,7 @@ describe('one exchange, one record, whatever throws (§3.4)', () => {
       },
       close: async () => {},
     };
-    const health: HealthCounters = {
-      internalError: (c) => errors.push(c),
-      auditQueueDepth: () => {},
-      auditDropped: () => {},
-      sseOversize: () => {},
-    };
+    const health = recordingHealth(errors);
     const meter = createMeter({
       sinks: [bad, good],
       priceBook: {
@@ -452,15 +459,7 @@ describe('one exchange, one record, whatever throws (§3.4)', () => {
 });
 
 /** An upstream that answers each connection's first request with these raw bytes, then closes. */
-async function rawUpstream(raw: string): Promise<string> {
-  const server = net.createServer((socket) => {
-    socket.on('error', () => {});
-    socket.once('data', () => socket.end(Buffer.from(raw, 'latin1')));
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  cleanups.push(() => new Promise<void>((resolve) => server.close(() => resolve())));
-  return `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`;
-}
+const rawUpstream = (raw: string) => startRawUpstream(raw, cleanups);
 
 /**
  * The one row a response head tokenmeter could not forward leaves: upstream_error, no usable
@@ -675,6 +674,60 @@ describe('usage injection never refuses a request (§3.3, traffic first)', () =>
     const rows = await s.rows();
     expect(rows).toHaveLength(1);
     expect(rows[0]!.error_type).toBeNull();
+  });
+});
+
+describe('request targets other than a path (RFC 9112 §3.2)', () => {
+  const port = (s: Served) => Number(new URL(s.base).port);
+
+  it('absolute-form (a client that takes tokenmeter for a forward proxy): forwarded by its path and metered', async () => {
+    const up = await answering(completion({ prompt_tokens: 5, completion_tokens: 2 }));
+    const s = await serve(`${up.url}/v1`);
+    const body = JSON.stringify(CHAT);
+    const text = await rawExchange(
+      port(s),
+      `POST http://api.example.test/v1/chat/completions?x=1 HTTP/1.1\r\nHost: api.example.test\r\n` +
+        `Content-Type: application/json\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`,
+    );
+    expect(text).toMatch(/^HTTP\/1\.1 200 /);
+    expect(up.seen.map((r) => r.url)).toEqual(['/v1/chat/completions?x=1']);
+    const rows = await s.rows();
+    expect(rows).toMatchObject([
+      { path: '/v1/chat/completions', operation: 'chat', input_tokens: 5, output_tokens: 2 },
+    ]);
+  });
+
+  it('absolute-form naming an admin path is answered by tokenmeter, never forwarded', async () => {
+    const up = await answering('{}');
+    const s = await serve(`${up.url}/v1`);
+    const text = await rawExchange(
+      port(s),
+      'GET http://127.0.0.1/healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n',
+    );
+    expect(text).toMatch(/^HTTP\/1\.1 200 /);
+    expect(text).toContain('{"status":"ok"}');
+    expect(up.seen).toHaveLength(0);
+  });
+
+  it('OPTIONS * is answered by tokenmeter; * with any other method is a 400; neither is forwarded', async () => {
+    const up = await answering('{}');
+    const s = await serve(`${up.url}/v1`);
+    const options = await rawExchange(
+      port(s),
+      'OPTIONS * HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n',
+    );
+    expect(options).toMatch(/^HTTP\/1\.1 204 /);
+    expect(options).toMatch(/\r\nallow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n/i);
+    const get = await rawExchange(port(s), 'GET * HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n');
+    expect(get).toMatch(/^HTTP\/1\.1 400 /);
+    expect(get).toContain('request target');
+    const ftp = await rawExchange(
+      port(s),
+      'GET ftp://127.0.0.1/v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n',
+    );
+    expect(ftp).toMatch(/^HTTP\/1\.1 400 /);
+    expect(up.seen).toHaveLength(0);
+    expect(await s.rows()).toHaveLength(0);
   });
 });
 

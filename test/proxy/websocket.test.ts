@@ -16,9 +16,10 @@ import { afterEach, describe, expect, it } from 'vitest';
 import WebSocket, { WebSocketServer, type PerMessageDeflateOptions } from 'ws';
 import { startServe, type RunningServer } from '../../src/cli/serve.js';
 import { SILENT_LOGGER } from '../../src/log.js';
+import { WsSession } from '../../src/proxy/websocket.js';
 import type { RequestRecord } from '../../src/record.js';
 import { makeTempDir } from '../e2e/helpers.js';
-import { request } from './http-helpers.js';
+import { rawExchange, request, startRawUpstream } from './http-helpers.js';
 
 const cleanups: Array<() => Promise<void>> = [];
 afterEach(async () => {
@@ -602,6 +603,78 @@ describe('upgrades that do not become a session', () => {
     expect(await tm.rows()).toMatchObject([{ operation: 'other', http_status: 200 }]);
   });
 });
+
+describe('a refusal whose head cannot be forwarded as received (§3.4)', () => {
+  it('a status below 100 (099): 502 upstream_error, never a head the client cannot parse', async () => {
+    const up = await startRawUpstream('HTTP/1.1 099 Odd\r\ncontent-length: 2\r\n\r\n{}', cleanups);
+    const tm = await serve(`${up}/v1`);
+    const text = await rawUpgrade(tm.port);
+    expect(text).toMatch(/^HTTP\/1\.1 502 Bad Gateway\r\n/);
+    expect(text).toContain('"type":"upstream_error"');
+    expect(text).toContain('Invalid status code: 99');
+    const rows = await tm.rows();
+    expect(rows).toHaveLength(1);
+    expect(rows[0]).toMatchObject({ operation: 'realtime', error_type: 'upstream_error', http_status: null });
+    expect(rows[0]!.error_message).toContain('Invalid status code: 99');
+  });
+
+  it('a control character in the reason phrase: the refusal goes through with the standard phrase', async () => {
+    const body = '{"error":{"message":"not allowed"}}';
+    const up = await startRawUpstream(
+      `HTTP/1.1 403 Forbid\x01den\r\ncontent-type: application/json\r\nx-upstream: kept\r\ncontent-length: ${body.length}\r\n\r\n${body}`,
+      cleanups,
+    );
+    const tm = await serve(`${up}/v1`);
+    const text = await rawUpgrade(tm.port);
+    expect(text).toMatch(/^HTTP\/1\.1 403 Forbidden\r\n/);
+    expect(text).not.toContain('\x01');
+    expect(text).toContain('x-upstream: kept\r\n');
+    expect(text.endsWith(`\r\n\r\n${body}`)).toBe(true);
+    expect(await tm.rows()).toMatchObject([{ operation: 'realtime', http_status: 403, error_type: 'auth' }]);
+  });
+});
+
+describe("an exception of tokenmeter's own in a session (§3.4, traffic first)", () => {
+  for (const step of ['onRefused', 'onUpgrade'] as const) {
+    it(`in ${step}: that session is answered 500, counted and recorded; serve keeps serving`, async () => {
+      const proto = WsSession.prototype as unknown as Record<string, unknown>;
+      const original = proto[step];
+      proto[step] = () => {
+        throw new Error(`${step} exploded`);
+      };
+      cleanups.push(async () => {
+        proto[step] = original;
+      });
+      const up = await startFakeRealtime(
+        step === 'onRefused' ? { refuse: { status: 401, body: '{"error":{}}' } } : {},
+      );
+      const tm = await serve(up.url);
+      const text = await rawUpgrade(tm.port);
+      proto[step] = original;
+      expect(text).toMatch(/^HTTP\/1\.1 500 /);
+      expect(text).toContain('"type":"internal_error"');
+      expect(text).not.toContain('exploded'); // no internals to the client
+      // After a 101, the upstream's side of the session is closed too, not left open.
+      if (step === 'onUpgrade') expect(await up.closed).toBeGreaterThan(0);
+      expect((await request(`http://127.0.0.1:${tm.port}/healthz`)).status).toBe(200);
+      const metrics = (await request(`http://127.0.0.1:${tm.port}/metrics`)).body.toString();
+      expect(metrics).toMatch(/tokenmeter_internal_errors_total\{component="proxy"\} 1/);
+      const rows = await tm.rows();
+      expect(rows).toHaveLength(1);
+      expect(rows[0]).toMatchObject({ operation: 'realtime', error_type: 'internal_error' });
+      expect(rows[0]!.error_message).toBe(`${step} exploded`);
+    });
+  }
+});
+
+/** Sends a WebSocket upgrade request on a raw socket; resolves with every byte the proxy sent back (latin1). */
+const rawUpgrade = (port: number, path = `/v1/realtime?model=${MODEL}`): Promise<string> =>
+  rawExchange(
+    port,
+    `GET ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n` +
+      `Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n` +
+      `Authorization: Bearer ${API_KEY}\r\n\r\n`,
+  );
 
 function unexpectedResponse(
   ws: WebSocket,
