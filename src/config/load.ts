@@ -176,6 +176,17 @@ export function readConfigFile(file: string, env: NodeJS.ProcessEnv): ConfigFile
         message: 'only http:// and https:// upstreams are supported',
       });
   });
+  // Node refuses a header timeout longer than the request timeout (a RangeError at start). (0, its
+  // "off", is refused by the schema: PositiveDuration.)
+  const headerTimeout = cfg.limits?.client_header_timeout;
+  const requestTimeout = cfg.limits?.client_request_timeout ?? DEFAULTS.limits.clientRequestTimeoutMs;
+  if (headerTimeout !== undefined && headerTimeout > requestTimeout)
+    problems.push({
+      file,
+      ...locate(doc, lc, ['limits', 'client_header_timeout']),
+      field: 'limits.client_header_timeout',
+      message: `must not be longer than client_request_timeout (${requestTimeout} ms)`,
+    });
   (cfg.routes ?? []).forEach((r, i) => {
     if (!upstreamNames.has(r.upstream) && r.upstream !== 'default')
       problems.push({
@@ -277,11 +288,20 @@ export function loadSettings(flags: CliFlags, env: NodeJS.ProcessEnv, cwd: strin
 
   const limits = {
     maxRequestBody: cfg.limits?.max_request_body ?? DEFAULTS.limits.maxRequestBody,
+    // Never below one request's cap, so a single body that may be buffered always fits.
+    maxBufferedBodies: Math.max(
+      cfg.limits?.max_buffered_bodies ?? DEFAULTS.limits.maxBufferedBodies,
+      cfg.limits?.max_request_body ?? DEFAULTS.limits.maxRequestBody,
+    ),
     maxEventBytes: cfg.limits?.max_event_bytes ?? DEFAULTS.limits.maxEventBytes,
     maxModels: cfg.limits?.max_models ?? DEFAULTS.limits.maxModels,
     maxApps: cfg.limits?.max_apps ?? DEFAULTS.limits.maxApps,
     shutdownGraceMs: cfg.limits?.shutdown_grace ?? DEFAULTS.limits.shutdownGraceMs,
-    clientHeaderTimeoutMs: cfg.limits?.client_header_timeout ?? DEFAULTS.limits.clientHeaderTimeoutMs,
+    // A request timeout set below the default header timeout brings the header timeout down with it.
+    clientHeaderTimeoutMs: Math.min(
+      cfg.limits?.client_header_timeout ?? DEFAULTS.limits.clientHeaderTimeoutMs,
+      cfg.limits?.client_request_timeout ?? DEFAULTS.limits.clientRequestTimeoutMs,
+    ),
     clientRequestTimeoutMs: cfg.limits?.client_request_timeout ?? DEFAULTS.limits.clientRequestTimeoutMs,
     clientKeepAliveTimeoutMs:
       cfg.limits?.client_keep_alive_timeout ?? DEFAULTS.limits.clientKeepAliveTimeoutMs,

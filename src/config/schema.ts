@@ -14,6 +14,16 @@ export const Duration = z.union([
     .transform(parseDurationMs),
 ]);
 
+/**
+ * A duration that must be more than 0: a timeout, interval or window. 0 has no "off" meaning for
+ * any of them (an idle_timeout of 0 answered every request 504 at once, a poll interval of 0 would
+ * spin); a user who wants "practically never" writes a long duration such as 1h.
+ */
+export const PositiveDuration = Duration.refine(
+  (ms) => ms > 0,
+  'must be more than 0 (0 does not switch it off; use a long duration such as 1h)',
+);
+
 export function parseDurationMs(s: string): number {
   const m = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)$/.exec(s);
   if (!m) throw new Error(`not a duration: ${s}`);
@@ -82,7 +92,7 @@ export const BillingSourceConfig = z
      */
     source: z.enum(BILLING_SOURCES),
     path: z.string().optional(),
-    interval: Duration.optional(),
+    interval: PositiveDuration.optional(),
     /** The key the endpoint answers for; supports ${ENV_VAR}. Its fingerprint joins billed with metered rows. */
     api_key: z.string().min(1, 'the billing endpoint needs the key whose spend it reports'),
     /** Currency of the figures: default the body's `currency` (balance), else USD (oneapi, newapi). */
@@ -90,7 +100,7 @@ export const BillingSourceConfig = z
     /** new-api/one-api quota units per currency unit (default 500000: $0.002 per 1K tokens = ratio 1). */
     quota_per_unit: z.number().positive().optional(),
     /** Window of the drift gauge (tokenmeter_reconcile_drift_ratio); default 24h. */
-    window: Duration.optional(),
+    window: PositiveDuration.optional(),
   })
   .strict();
 
@@ -101,8 +111,8 @@ export const UpstreamConfig = z
     /** Extra headers sent to this upstream (e.g. a gateway group header). Values never logged. */
     headers: z.record(z.string()).optional(),
     /** Connect timeout (TCP+TLS) and idle timeout (no byte from upstream for this long). */
-    connect_timeout: Duration.optional(),
-    idle_timeout: Duration.optional(),
+    connect_timeout: PositiveDuration.optional(),
+    idle_timeout: PositiveDuration.optional(),
     /** Path prefix on tokenmeter that selects this upstream; stripped before forwarding. */
     prefix: z
       .string()
@@ -121,7 +131,7 @@ export const UpstreamConfig = z
         z
           .object({
             path: z.string().optional(),
-            interval: Duration.optional(),
+            interval: PositiveDuration.optional(),
             /** Header value used to authenticate the poll; supports ${ENV_VAR}. */
             api_key: z.string().optional(),
           })
@@ -242,15 +252,16 @@ export const ConfigFile = z
     limits: z
       .object({
         max_request_body: ByteSize.optional(),
+        max_buffered_bodies: ByteSize.optional(),
         max_event_bytes: ByteSize.optional(),
         max_models: z.number().int().positive().optional(),
         max_apps: z.number().int().positive().optional(),
-        connect_timeout: Duration.optional(),
-        idle_timeout: Duration.optional(),
+        connect_timeout: PositiveDuration.optional(),
+        idle_timeout: PositiveDuration.optional(),
         shutdown_grace: Duration.optional(),
-        client_header_timeout: Duration.optional(),
-        client_request_timeout: Duration.optional(),
-        client_keep_alive_timeout: Duration.optional(),
+        client_header_timeout: PositiveDuration.optional(),
+        client_request_timeout: PositiveDuration.optional(),
+        client_keep_alive_timeout: PositiveDuration.optional(),
         max_connections: z.number().int().positive().optional(),
       })
       .strict()
@@ -262,15 +273,15 @@ export const ConfigFile = z
         /** This sidecar's name in the fleet's tables; default: the machine's hostname. */
         host: z.string().min(1).max(255).optional(),
         /** How long a shared budget reservation counts if its host never settles it (crash); default 10m. */
-        reservation_ttl: Duration.optional(),
+        reservation_ttl: PositiveDuration.optional(),
         /** How long a request waits for the fleet ledger before on_unreachable applies; default 2s. */
-        budget_timeout: Duration.optional(),
+        budget_timeout: PositiveDuration.optional(),
         postgres: z
           .object({
             // The message never repeats the value: the URL carries the password.
             url: z.string().refine((v) => PG_URL.test(v), 'expected a postgres:// or postgresql:// URL'),
             pool_size: z.number().int().positive().max(100).optional(),
-            ship_interval: Duration.optional(),
+            ship_interval: PositiveDuration.optional(),
             // At most 1000: one multi-row INSERT of 45 columns stays under Postgres's 65535 parameters.
             batch_size: z.number().int().positive().max(1000).optional(),
           })

@@ -76,6 +76,8 @@ export interface Settings {
   budgets: BudgetConfig[];
   limits: {
     maxRequestBody: number;
+    /** Request bytes buffered for metering across all requests at once (at least maxRequestBody). */
+    maxBufferedBodies: number;
     maxEventBytes: number;
     maxModels: number;
     maxApps: number;
@@ -129,6 +131,7 @@ export const DEFAULTS = {
   },
   limits: {
     maxRequestBody: 32 * 1024 * 1024,
+    maxBufferedBodies: 512 * 1024 * 1024,
     maxEventBytes: 8 * 1024 * 1024,
     maxModels: 100,
     maxApps: 50,

@@ -79,6 +79,62 @@ export class Inflight<T extends InflightMember> {
   }
 }
 
+/**
+ * Room for the request bodies buffered for metering, shared by every exchange
+ * (`limits.max_buffered_bodies`). A body takes its room before its first byte is read (its declared
+ * length, or the per-request cap when it is chunked) and gives it back when its exchange ends. A
+ * body that does not fit waits, unread, so TCP holds its client back, until enough room was given
+ * back; bodies that fit go on meanwhile. A holder never waits for more, so every waiter gets its
+ * turn as exchanges end. The queue exists only while bodies wait: nothing per request is kept.
+ */
+export class BodyRoom {
+  private used = 0;
+  private waiting: Array<{ bytes: number; onTaken: () => void }> = [];
+
+  constructor(
+    readonly capacity: number,
+    /** Called each time a body has to wait (the caller logs it once). */
+    private readonly onWait: () => void = () => {},
+  ) {}
+
+  /** Takes `bytes` if they fit now. */
+  take(bytes: number): boolean {
+    if (this.used + bytes > this.capacity) return false;
+    this.used += bytes;
+    return true;
+  }
+
+  /** Queues `onTaken`, called once `bytes` were taken for it (never if it is withdrawn first). */
+  wait(bytes: number, onTaken: () => void): void {
+    this.onWait();
+    this.waiting.push({ bytes, onTaken });
+  }
+
+  /** Withdraws a queued waiter (its client left). */
+  withdraw(onTaken: () => void): void {
+    this.waiting = this.waiting.filter((w) => w.onTaken !== onTaken);
+  }
+
+  /** Gives `bytes` back, then takes room for every waiter that now fits, in the order they came. */
+  give(bytes: number): void {
+    this.used -= bytes;
+    if (this.waiting.length === 0) return;
+    const still: typeof this.waiting = [];
+    const taken: Array<() => void> = [];
+    for (const w of this.waiting) {
+      if (this.take(w.bytes)) taken.push(w.onTaken);
+      else still.push(w);
+    }
+    this.waiting = still;
+    for (const f of taken) f();
+  }
+
+  /** Bytes taken now (tests, diagnostics). */
+  get inUse(): number {
+    return this.used;
+  }
+}
+
 export interface ProxyContext {
   settings: Settings;
   router: Router;
@@ -86,6 +142,7 @@ export interface ProxyContext {
   log: Logger;
   health: HealthCounters;
   inflight: Inflight<InflightMember>;
+  bodyRoom: BodyRoom;
   agentFor(upstream: UpstreamSettings): http.Agent;
 }
 

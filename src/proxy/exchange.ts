@@ -57,6 +57,8 @@ export class Exchange {
   private upResStarted = false;
   /** Time tokenmeter itself spent on this request (µs-level work: read → upstream write, chunk → client write). */
   private overheadMs = 0;
+  /** Room this exchange's body takes in `ctx.bodyRoom`, given back by the end step. */
+  private bodyRoomBytes = 0;
   private readonly pathOnly: string;
 
   constructor(
@@ -148,7 +150,29 @@ export class Exchange {
     // metered); anything else is streamed through untouched.
     if (method !== 'POST' || (declared !== undefined && declared > maxBody))
       return { chunks: [], bytes: 0, streamRest: true };
+    // Memory for bodies is bounded across requests too: a chunked body takes room for the cap.
+    const need = declared ?? maxBody;
+    if (!this.ctx.bodyRoom.take(need) && !(await this.waitForRoom(need))) return undefined;
+    this.bodyRoomBytes = need;
     return bufferBody(req, maxBody);
+  }
+
+  /** Waits, its body unread, until `need` bytes of body room were taken; false if the client left first. */
+  private waitForRoom(need: number): Promise<boolean> {
+    const { req } = this;
+    const room = this.ctx.bodyRoom;
+    return new Promise((resolve) => {
+      const onTaken = (): void => {
+        req.off('close', onGone);
+        resolve(true);
+      };
+      const onGone = (): void => {
+        room.withdraw(onTaken);
+        resolve(false);
+      };
+      req.once('close', onGone);
+      room.wait(need, onTaken);
+    });
   }
 
   /** Inspects, routes, rewrites (§3.3) and begins metering. */
@@ -593,6 +617,10 @@ export class Exchange {
     if (this.state === 'ended') return;
     this.state = 'ended';
     this.clearTimers();
+    if (this.bodyRoomBytes > 0) {
+      this.ctx.bodyRoom.give(this.bodyRoomBytes);
+      this.bodyRoomBytes = 0;
+    }
     const meter = this.meter;
     const ctx = this.ctx;
     const overheadS = this.overheadMs / 1000;

@@ -12,7 +12,7 @@ import type { Settings } from '../config/types.js';
 import type { Logger } from '../log.js';
 import type { Meter } from '../meter/types.js';
 import { NOOP_HEALTH, type HealthCounters } from '../sinks/types.js';
-import { createAgents, Inflight, type InflightMember, type ProxyContext } from './context.js';
+import { BodyRoom, createAgents, Inflight, type InflightMember, type ProxyContext } from './context.js';
 import { Exchange } from './exchange.js';
 import { originForm } from './path-join.js';
 import { createRouter } from './router.js';
@@ -127,6 +127,16 @@ export function createProxyServer(opts: ProxyServerOptions): ProxyServer {
     log,
     health: opts.health ?? NOOP_HEALTH,
     inflight,
+    bodyRoom: new BodyRoom(settings.limits.maxBufferedBodies, () =>
+      log.once(
+        'proxy-body-room',
+        'warn',
+        'request bodies held for metering reached limits.max_buffered_bodies; larger bodies wait for room',
+        {
+          max_buffered_bodies: settings.limits.maxBufferedBodies,
+        },
+      ),
+    ),
     agentFor: agents.agentFor,
   };
   const sockets = new Set<Socket>();

@@ -180,3 +180,42 @@ describe('config errors name file, line, column and field', () => {
     );
   });
 });
+
+describe('limits.max_buffered_bodies (docs/proxy.md, "Client-side limits")', () => {
+  it('defaults to 512 MiB, takes a size, and is never below max_request_body', () => {
+    expect(loadSettings({}, {}, dir).limits.maxBufferedBodies).toBe(512 * 1024 ** 2);
+    const set = write('set.yaml', 'limits:\n  max_buffered_bodies: 64MiB\n');
+    expect(loadSettings({ config: set }, {}, dir).limits.maxBufferedBodies).toBe(64 * 1024 ** 2);
+    const low = write('low.yaml', 'limits:\n  max_request_body: 8MiB\n  max_buffered_bodies: 1MiB\n');
+    expect(loadSettings({ config: low }, {}, dir).limits.maxBufferedBodies).toBe(8 * 1024 ** 2);
+    const bad = write('bad.yaml', 'limits:\n  max_buffered_bodies: lots\n');
+    expect(configErrorOf(() => loadSettings({ config: bad }, {}, dir)).message).toContain(
+      `${bad}:2:24: limits.max_buffered_bodies: expected a size like 512KiB, 8MiB or 1GiB`,
+    );
+  });
+});
+
+describe('client timeouts Node would refuse or switch off (docs/proxy.md, "Client-side limits")', () => {
+  it('a request timeout below the default header timeout lowers the header timeout with it', () => {
+    const f = write('short.yaml', 'limits:\n  client_request_timeout: 10s\n');
+    const s = loadSettings({ config: f }, {}, dir);
+    expect(s.limits.clientRequestTimeoutMs).toBe(10_000);
+    expect(s.limits.clientHeaderTimeoutMs).toBe(10_000);
+  });
+
+  it('a header timeout longer than the request timeout, or 0 for any timeout, is a config error at its line', () => {
+    const f = write('bad.yaml', 'limits:\n  client_header_timeout: 60s\n  client_request_timeout: 10s\n');
+    expect(configErrorOf(() => loadSettings({ config: f }, {}, dir)).message).toContain(
+      `${f}:2:26: limits.client_header_timeout: must not be longer than client_request_timeout (10000 ms)`,
+    );
+    const z = write(
+      'zero.yaml',
+      'limits:\n  client_header_timeout: 0\n  client_request_timeout: 0s\n  idle_timeout: 0\n',
+    );
+    const message = configErrorOf(() => loadSettings({ config: z }, {}, dir)).message;
+    expect(message).toContain(`${z}:2:26: limits.client_header_timeout: must be more than 0`);
+    expect(message).toContain(`${z}:3:27: limits.client_request_timeout: must be more than 0`);
+    // 0 is not "no timeout": an idle_timeout of 0 answered every request 504 at once.
+    expect(message).toContain(`${z}:4:17: limits.idle_timeout: must be more than 0`);
+  });
+});

@@ -473,7 +473,9 @@ describe('hangs, aborts and connections', () => {
   it('honours backpressure: a client that stops reading stalls the stream; an abort ends it', async () => {
     const req = http.request(chatUrl(), {
       method: 'POST',
-      headers: { ...auth, 'x-fake-chunks': '20000', 'content-type': 'application/json' },
+      // ≈ 30 MB of events: well past what the kernel's loopback buffers and Node's stream buffers
+      // hold (Node 22 raised the default highWaterMark to 64 KiB; 20,000 events fit there).
+      headers: { ...auth, 'x-fake-chunks': '200000', 'content-type': 'application/json' },
       agent: false,
     });
     req.end(JSON.stringify({ model: 'gpt-4o', messages, stream: true }));
@@ -486,8 +488,8 @@ describe('hangs, aborts and connections', () => {
       previous = record.eventsWritten ?? 0;
       await sleep(40);
     }
-    expect(record.eventsTotal).toBe(20003); // role + 20000 pieces + finish + [DONE]
-    expect(record.eventsWritten).toBeLessThan(20003);
+    expect(record.eventsTotal).toBe(200003); // role + 200000 pieces + finish + [DONE]
+    expect(record.eventsWritten).toBeLessThan(200003);
     const stalledAt = record.eventsWritten;
     res.destroy();
     await waitFor(() => record.aborted, 'aborted flag');

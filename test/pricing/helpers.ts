@@ -1,10 +1,11 @@
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Settings } from '../../src/config/types.js';
 import { TablePriceBook, type PricedUpstream } from '../../src/pricing/book.js';
 import { parsePriceTable, type PriceTable } from '../../src/pricing/table.js';
 import type { PriceQuery } from '../../src/pricing/types.js';
+import { onTestFinished } from 'vitest';
 
 export const NO_MULTIPLIERS: Settings['multipliers'] = { upstream: {}, app: {}, model: {} };
 
@@ -47,8 +48,11 @@ export function query(over: Partial<PriceQuery>): PriceQuery {
   };
 }
 
+/** A fresh temporary directory, removed when the calling test finishes (call it inside a test). */
 export function tempDir(): string {
-  return mkdtempSync(join(tmpdir(), 'tokenmeter-pricing-'));
+  const dir = mkdtempSync(join(tmpdir(), 'tokenmeter-pricing-'));
+  onTestFinished(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
 }
 
 export function writeTemp(dir: string, name: string, text: string): string {

@@ -17,7 +17,7 @@ import type { Meter, RequestMeter } from '../../src/meter/types.js';
 import { createProxyServer } from '../../src/proxy/server.js';
 import type { RequestRecord } from '../../src/record.js';
 import type { HealthCounters, Sink } from '../../src/sinks/types.js';
-import { makeTempDir } from '../e2e/helpers.js';
+import { makeTempDir, waitFor } from '../e2e/helpers.js';
 import { testSettings, upstreamSettings } from './helpers.js';
 import { rawExchange, request, startRawUpstream, startTestUpstream, type Handler } from './http-helpers.js';
 import { UsageChunkStripper } from '../../src/proxy/usage-injection.js';
@@ -310,6 +310,104 @@ describe('no way around metering (§3.3)', () => {
 });
 
 describe('timeouts and limits on the client side (§3.1)', () => {
+  it('request bodies held at once are bounded (max_buffered_bodies): a body that does not fit waits, a small one does not', async () => {
+    const held: Array<() => void> = [];
+    const up = await startUpstream((_q, res) =>
+      held.push(() => {
+        res.writeHead(200, { 'content-type': 'application/json' });
+        res.end(completion({ prompt_tokens: 3, completion_tokens: 1 }));
+      }),
+    );
+    const s = await serve(`${up.url}/v1`, 'limits:\n  max_request_body: 1MiB\n  max_buffered_bodies: 2MiB\n');
+    const big = (tag: string) =>
+      post(
+        s.base,
+        '/v1/chat/completions',
+        JSON.stringify({ ...CHAT, user: tag, pad: 'x'.repeat(700 * 1024) }),
+      );
+    const first = [big('a'), big('b')];
+    await waitFor('2 request(s) at the upstream', () => (up.seen.length >= 2 ? true : undefined));
+    // 2 × 700 KiB are held until their answers; a third would take the total past 2 MiB.
+    const third = big('c');
+    const small = post(s.base, '/v1/chat/completions', JSON.stringify(CHAT));
+    await waitFor('3 request(s) at the upstream', () => (up.seen.length >= 3 ? true : undefined));
+    await sleep(300);
+    expect(up.seen.map((r) => r.body.length < 1024)).toEqual([false, false, true]); // the small one went on
+    held.shift()!(); // one big answer releases its body
+    await waitFor('4 request(s) at the upstream', () => (up.seen.length >= 4 ? true : undefined));
+    while (held.length) held.shift()!();
+    for (const r of await Promise.all([...first, third, small])) expect(r.status).toBe(200);
+    const rows = await s.rows();
+    expect(rows).toHaveLength(4);
+    for (const row of rows)
+      expect(row).toMatchObject({ usage_source: 'reported', input_tokens: 3, note: null });
+  });
+
+  it('a body that waits for room longer than client_request_timeout gets 408, like any slow request', async () => {
+    const held: Array<() => void> = [];
+    const up = await startUpstream((_q, res) =>
+      held.push(() => {
+        res.writeHead(200, { 'content-type': 'application/json' });
+        res.end(completion({ prompt_tokens: 3, completion_tokens: 1 }));
+      }),
+    );
+    const s = await serve(
+      `${up.url}/v1`,
+      'limits:\n  max_request_body: 1MiB\n  max_buffered_bodies: 1MiB\n  client_request_timeout: 1s\n',
+    );
+    const body = JSON.stringify({ ...CHAT, pad: 'x'.repeat(700 * 1024) });
+    const first = post(s.base, '/v1/chat/completions', body);
+    await waitFor('the first request at the upstream', () => (up.seen.length >= 1 ? true : undefined));
+    const waiting = await post(s.base, '/v1/chat/completions', body).then(
+      (r) => r.status,
+      (err: Error) => err.message,
+    );
+    expect(waiting).toBe(408);
+    held.shift()!();
+    expect((await first).status).toBe(200); // the holder's own request is complete: never timed out
+    expect(up.seen).toHaveLength(1);
+    const rows = await s.rows();
+    expect(rows.map((r) => r.error_type)).toEqual([null, 'client_abort']);
+  });
+
+  it('a client that leaves while its body waits for room is dropped from the wait, and the room is not lost', async () => {
+    const held: Array<() => void> = [];
+    const up = await startUpstream((_q, res) =>
+      held.push(() => {
+        res.writeHead(200, { 'content-type': 'application/json' });
+        res.end(completion({ prompt_tokens: 3, completion_tokens: 1 }));
+      }),
+    );
+    const s = await serve(`${up.url}/v1`, 'limits:\n  max_request_body: 1MiB\n  max_buffered_bodies: 1MiB\n');
+    const body = JSON.stringify({ ...CHAT, pad: 'x'.repeat(700 * 1024) });
+    const first = post(s.base, '/v1/chat/completions', body);
+    await waitFor('1 request(s) at the upstream', () => (up.seen.length >= 1 ? true : undefined));
+    const port = Number(new URL(s.base).port);
+    // Sends its head and part of its body, then leaves while waiting.
+    await new Promise<void>((resolve) => {
+      const socket = net.connect(port, '127.0.0.1', () => {
+        socket.write(
+          `POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n` +
+            `Content-Length: ${body.length}\r\n\r\n${body.slice(0, 1000)}`,
+        );
+        setTimeout(() => {
+          socket.destroy();
+          // The proxy notices the close before any room is given back.
+          setTimeout(resolve, 400);
+        }, 200);
+      });
+    });
+    held.shift()!();
+    expect((await first).status).toBe(200);
+    // The room the first body held, and none for the one that left, is free again.
+    const again = post(s.base, '/v1/chat/completions', body);
+    await waitFor('2 request(s) at the upstream', () => (up.seen.length >= 2 ? true : undefined));
+    held.shift()!();
+    expect((await again).status).toBe(200);
+    const rows = await s.rows();
+    expect(rows.map((r) => r.error_type)).toEqual([null, 'client_abort', null]);
+  });
+
   it('the upstream idle timer starts after the request is sent: a slow upload is not a 504', async () => {
     const up = await answering(completion({ prompt_tokens: 3, completion_tokens: 1 }));
     // A body over the metering cap is piped to the upstream as it arrives, so the upstream request
