@@ -46,6 +46,15 @@ export const ByteSize = z.union([
     }),
 ]);
 
+/**
+ * A size that must be more than 0: a cap on what tokenmeter reads or holds. 0 has no "off" meaning
+ * (max_request_body 0 left every body unmetered, max_event_bytes 0 every stream's usage missing).
+ */
+export const PositiveByteSize = ByteSize.refine(
+  (n) => n > 0,
+  'must be more than 0 (0 does not switch it off)',
+);
+
 /** A positive exact decimal, kept as a string so no float ever touches money. */
 export const Decimal = z
   .union([z.number(), z.string()])
@@ -251,9 +260,9 @@ export const ConfigFile = z
 
     limits: z
       .object({
-        max_request_body: ByteSize.optional(),
-        max_buffered_bodies: ByteSize.optional(),
-        max_event_bytes: ByteSize.optional(),
+        max_request_body: PositiveByteSize.optional(),
+        max_buffered_bodies: PositiveByteSize.optional(),
+        max_event_bytes: PositiveByteSize.optional(),
         max_models: z.number().int().positive().optional(),
         max_apps: z.number().int().positive().optional(),
         connect_timeout: PositiveDuration.optional(),

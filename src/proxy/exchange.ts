@@ -150,11 +150,17 @@ export class Exchange {
     // metered); anything else is streamed through untouched.
     if (method !== 'POST' || (declared !== undefined && declared > maxBody))
       return { chunks: [], bytes: 0, streamRest: true };
-    // Memory for bodies is bounded across requests too: a chunked body takes room for the cap.
+    // Memory for bodies is bounded across requests too. A chunked body takes room for the cap
+    // while it uploads, then keeps only its own size: it never waits once it has started.
     const need = declared ?? maxBody;
     if (!this.ctx.bodyRoom.take(need) && !(await this.waitForRoom(need))) return undefined;
     this.bodyRoomBytes = need;
-    return bufferBody(req, maxBody);
+    const body = await bufferBody(req, maxBody);
+    if (body && !body.streamRest && body.bytes < need) {
+      this.ctx.bodyRoom.give(need - body.bytes);
+      this.bodyRoomBytes = body.bytes;
+    }
+    return body;
   }
 
   /** Waits, its body unread, until `need` bytes of body room were taken; false if the client left first. */

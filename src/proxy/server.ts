@@ -16,7 +16,7 @@ import { BodyRoom, createAgents, Inflight, type InflightMember, type ProxyContex
 import { Exchange } from './exchange.js';
 import { originForm } from './path-join.js';
 import { createRouter } from './router.js';
-import { answerRaw, isWebSocketUpgrade, WsSession } from './websocket.js';
+import { answerRawJson, isWebSocketUpgrade, WsSession } from './websocket.js';
 
 export { endpointError } from './http-util.js';
 
@@ -98,12 +98,7 @@ function serveIgnoringUpgrade(server: http.Server, req: IncomingMessage, socket:
   if (hasBody) {
     const body =
       '{"error":{"message":"Upgrade with a request body is not supported; send it without Upgrade","type":"bad_request"}}';
-    answerRaw(
-      socket,
-      400,
-      { 'content-type': 'application/json', 'content-length': String(body.length) },
-      body,
-    );
+    answerRawJson(socket, 400, body);
     return;
   }
   const res = new http.ServerResponse(req);
@@ -216,12 +211,7 @@ export function createProxyServer(opts: ProxyServerOptions): ProxyServer {
     socket.on('error', () => socket.destroy());
     const url = originForm(req.url ?? '/');
     if (url === undefined) {
-      answerRaw(
-        socket,
-        400,
-        { 'content-type': 'application/json', 'content-length': String(BAD_TARGET_BODY.length) },
-        BAD_TARGET_BODY,
-      );
+      answerRawJson(socket, 400, BAD_TARGET_BODY);
       return;
     }
     req.url = url;
@@ -233,12 +223,7 @@ export function createProxyServer(opts: ProxyServerOptions): ProxyServer {
     }
     if (ADMIN_PATHS.has(pathOnly) || pathOnly.startsWith(CONSOLE_PREFIX)) {
       const body = '{"error":"no WebSocket on tokenmeter\'s own paths"}';
-      answerRaw(
-        socket,
-        404,
-        { 'content-type': 'application/json', 'content-length': String(body.length) },
-        body,
-      );
+      answerRawJson(socket, 404, body);
       return;
     }
     new WsSession(ctx, req, socket, head, Date.now()).run();

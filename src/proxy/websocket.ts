@@ -67,6 +67,16 @@ export function answerRaw(
   socket.end(head + body, () => socket.destroy());
 }
 
+/** `answerRaw` with a JSON body. */
+export function answerRawJson(socket: Duplex, status: number, body: string): void {
+  answerRaw(
+    socket,
+    status,
+    { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)) },
+    body,
+  );
+}
+
 export class WsSession {
   state: WsSessionState = 'connecting';
   /** The upstream this session counts under in the in-flight gauge, once known. */

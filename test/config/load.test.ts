@@ -219,3 +219,16 @@ describe('client timeouts Node would refuse or switch off (docs/proxy.md, "Clien
     expect(message).toContain(`${z}:4:17: limits.idle_timeout: must be more than 0`);
   });
 });
+
+describe('sizes with no "off" value', () => {
+  it('0 for max_request_body, max_event_bytes or max_buffered_bodies is a config error at its line', () => {
+    const z = write(
+      'zero.yaml',
+      'limits:\n  max_request_body: 0\n  max_event_bytes: 0B\n  max_buffered_bodies: 0\n',
+    );
+    const message = configErrorOf(() => loadSettings({ config: z }, {}, dir)).message;
+    expect(message).toContain(`${z}:2:21: limits.max_request_body: must be more than 0`);
+    expect(message).toContain(`${z}:3:20: limits.max_event_bytes: must be more than 0`);
+    expect(message).toContain(`${z}:4:24: limits.max_buffered_bodies: must be more than 0`);
+  });
+});

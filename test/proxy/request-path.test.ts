@@ -35,6 +35,17 @@ const answering = (body: string, contentType = 'application/json') =>
     res.end(body);
   });
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** An upstream that holds each request's answer (a completion) until its function in `held` is called. */
+async function heldUpstream() {
+  const held: Array<() => void> = [];
+  const up = await startUpstream((_q, res) =>
+    held.push(() => {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(completion({ prompt_tokens: 3, completion_tokens: 1 }));
+    }),
+  );
+  return { up, held };
+}
 
 const CHAT = { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'Say hello to the whole world' }] };
 const completion = (usage?: object) =>
@@ -311,13 +322,7 @@ describe('no way around metering (§3.3)', () => {
 
 describe('timeouts and limits on the client side (§3.1)', () => {
   it('request bodies held at once are bounded (max_buffered_bodies): a body that does not fit waits, a small one does not', async () => {
-    const held: Array<() => void> = [];
-    const up = await startUpstream((_q, res) =>
-      held.push(() => {
-        res.writeHead(200, { 'content-type': 'application/json' });
-        res.end(completion({ prompt_tokens: 3, completion_tokens: 1 }));
-      }),
-    );
+    const { up, held } = await heldUpstream();
     const s = await serve(`${up.url}/v1`, 'limits:\n  max_request_body: 1MiB\n  max_buffered_bodies: 2MiB\n');
     const big = (tag: string) =>
       post(
@@ -344,13 +349,7 @@ describe('timeouts and limits on the client side (§3.1)', () => {
   });
 
   it('a body that waits for room longer than client_request_timeout gets 408, like any slow request', async () => {
-    const held: Array<() => void> = [];
-    const up = await startUpstream((_q, res) =>
-      held.push(() => {
-        res.writeHead(200, { 'content-type': 'application/json' });
-        res.end(completion({ prompt_tokens: 3, completion_tokens: 1 }));
-      }),
-    );
+    const { up, held } = await heldUpstream();
     const s = await serve(
       `${up.url}/v1`,
       'limits:\n  max_request_body: 1MiB\n  max_buffered_bodies: 1MiB\n  client_request_timeout: 1s\n',
@@ -370,14 +369,33 @@ describe('timeouts and limits on the client side (§3.1)', () => {
     expect(rows.map((r) => r.error_type)).toEqual([null, 'client_abort']);
   });
 
+  it('a chunked body (no Content-Length) holds room for the cap only while it uploads, then its own size', async () => {
+    const { up, held } = await heldUpstream();
+    const s = await serve(`${up.url}/v1`, 'limits:\n  max_request_body: 1MiB\n  max_buffered_bodies: 2MiB\n');
+    const chunked = () =>
+      new Promise<number>((resolve, reject) => {
+        const req = http.request(`${s.base}/v1/chat/completions`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+        });
+        req.on('response', (res) => {
+          res.resume();
+          resolve(res.statusCode!);
+        });
+        req.on('error', reject);
+        req.write(JSON.stringify(CHAT)); // no Content-Length: sent chunked
+        req.end();
+      });
+    // Three small chunked bodies held at the upstream at once: had each kept room for the 1 MiB
+    // cap, the third would wait for one of the first two to be answered.
+    const answers = [chunked(), chunked(), chunked()];
+    await waitFor('3 requests at the upstream', () => (up.seen.length >= 3 ? true : undefined));
+    while (held.length) held.shift()!();
+    expect(await Promise.all(answers)).toEqual([200, 200, 200]);
+  });
+
   it('a client that leaves while its body waits for room is dropped from the wait, and the room is not lost', async () => {
-    const held: Array<() => void> = [];
-    const up = await startUpstream((_q, res) =>
-      held.push(() => {
-        res.writeHead(200, { 'content-type': 'application/json' });
-        res.end(completion({ prompt_tokens: 3, completion_tokens: 1 }));
-      }),
-    );
+    const { up, held } = await heldUpstream();
     const s = await serve(`${up.url}/v1`, 'limits:\n  max_request_body: 1MiB\n  max_buffered_bodies: 1MiB\n');
     const body = JSON.stringify({ ...CHAT, pad: 'x'.repeat(700 * 1024) });
     const first = post(s.base, '/v1/chat/completions', body);
