@@ -36,6 +36,8 @@ export const METRIC = {
   fleetBudgetSettleFailures: 'tokenmeter_fleet_budget_settle_failures_total',
   internalErrors: 'tokenmeter_internal_errors_total',
   sseOversizeEvents: 'tokenmeter_sse_oversize_events_total',
+  // Request bodies that waited for room under limits.max_buffered_bodies (docs/proxy.md).
+  requestBodyWaits: 'tokenmeter_request_body_waits_total',
   proxyOverhead: 'tokenmeter_proxy_overhead_seconds',
   genAiTokenUsage: 'gen_ai_client_token_usage',
   genAiOperationDuration: 'gen_ai_client_operation_duration_seconds',
@@ -72,6 +74,7 @@ export const LABELS = {
   fleetBudgetSettleFailures: ['budget'],
   internalErrors: ['component'],
   sseOversizeEvents: ['upstream'],
+  requestBodyWaits: [],
   proxyOverhead: ['upstream'],
   // OTel GenAI semconv metric attributes, with dots replaced by underscores for Prometheus.
   genAiTokenUsage: [

@@ -33,6 +33,7 @@ function harness(extraSinks: Sink[] = [], priceBook: PriceBook = COUNTING_BOOK) 
     auditQueueDepth: () => {},
     auditDropped: () => {},
     sseOversize: () => {},
+    requestBodyWait: () => {},
   };
   const collector: Sink = { name: 'collector', write: (r) => records.push(r), close: async () => {} };
   const deps: MeterDeps = {

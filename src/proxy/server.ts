@@ -114,24 +114,24 @@ function serveIgnoringUpgrade(server: http.Server, req: IncomingMessage, socket:
 export function createProxyServer(opts: ProxyServerOptions): ProxyServer {
   const { settings, meter, log, admin } = opts;
   const agents = createAgents();
+  const health = opts.health ?? NOOP_HEALTH;
   const inflight = new Inflight<InflightMember>();
   const ctx: ProxyContext = {
     settings,
     router: createRouter(settings),
     meter,
     log,
-    health: opts.health ?? NOOP_HEALTH,
+    health,
     inflight,
-    bodyRoom: new BodyRoom(settings.limits.maxBufferedBodies, () =>
+    bodyRoom: new BodyRoom(settings.limits.maxBufferedBodies, () => {
+      health.requestBodyWait();
       log.once(
         'proxy-body-room',
         'warn',
         'request bodies held for metering reached limits.max_buffered_bodies; larger bodies wait for room',
-        {
-          max_buffered_bodies: settings.limits.maxBufferedBodies,
-        },
-      ),
-    ),
+        { max_buffered_bodies: settings.limits.maxBufferedBodies },
+      );
+    }),
     agentFor: agents.agentFor,
   };
   const sockets = new Set<Socket>();

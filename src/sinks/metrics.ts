@@ -321,6 +321,12 @@ export function createMetricsSink(opts: MetricsSinkOptions): MetricsSink {
     labelNames: LABELS.sseOversizeEvents,
     registers: reg,
   });
+  const requestBodyWaits = new Counter({
+    name: METRIC.requestBodyWaits,
+    help: 'Request bodies that waited, unread, for room under limits.max_buffered_bodies.',
+    labelNames: LABELS.requestBodyWaits,
+    registers: reg,
+  });
   const genAiTokenUsage = new FastHistogram(
     METRIC.genAiTokenUsage,
     'OTel GenAI gen_ai.client.token.usage: tokens per request by gen_ai.token.type.',
@@ -546,6 +552,9 @@ export function createMetricsSink(opts: MetricsSinkOptions): MetricsSink {
     },
     sseOversize(upstream: string) {
       sseOversize.inc({ upstream });
+    },
+    requestBodyWait() {
+      requestBodyWaits.inc();
     },
 
     async render() {

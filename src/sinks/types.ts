@@ -58,6 +58,8 @@ export interface HealthCounters {
   auditDropped(count: number): void;
   /** An SSE event larger than the cap was skipped for metering (the bytes still reached the client). */
   sseOversize(upstream: string): void;
+  /** A request body waited, unread, for room under limits.max_buffered_bodies. */
+  requestBodyWait(): void;
 }
 
 export const NOOP_HEALTH: HealthCounters = {
@@ -65,4 +67,5 @@ export const NOOP_HEALTH: HealthCounters = {
   auditQueueDepth: () => {},
   auditDropped: () => {},
   sseOversize: () => {},
+  requestBodyWait: () => {},
 };

@@ -127,6 +127,7 @@ export function recordingHealth(): {
   auditQueueDepth(d: number): void;
   auditDropped(n: number): void;
   sseOversize(): void;
+  requestBodyWait(): void;
 } {
   return {
     dropped: 0,
@@ -142,5 +143,6 @@ export function recordingHealth(): {
       this.dropped += n;
     },
     sseOversize() {},
+    requestBodyWait() {},
   };
 }

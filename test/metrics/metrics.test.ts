@@ -77,6 +77,7 @@ const PINNED: Record<string, { type: string; labels: string[] }> = {
   tokenmeter_fleet_budget_settle_failures_total: { type: 'counter', labels: ['budget'] },
   tokenmeter_internal_errors_total: { type: 'counter', labels: ['component'] },
   tokenmeter_sse_oversize_events_total: { type: 'counter', labels: ['upstream'] },
+  tokenmeter_request_body_waits_total: { type: 'counter', labels: [] },
   tokenmeter_proxy_overhead_seconds: { type: 'histogram', labels: ['upstream'] },
   gen_ai_client_token_usage: {
     type: 'histogram',

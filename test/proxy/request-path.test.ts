@@ -130,6 +130,7 @@ const recordingHealth = (errors: string[]): HealthCounters => ({
   auditQueueDepth: () => {},
   auditDropped: () => {},
   sseOversize: () => {},
+  requestBodyWait: () => {},
 });
 
 const post = (base: string, path: string, body: string | Buffer, headers: Record<string, string> = {}) =>
@@ -342,6 +343,8 @@ describe('timeouts and limits on the client side (§3.1)', () => {
     await waitFor('4 request(s) at the upstream', () => (up.seen.length >= 4 ? true : undefined));
     while (held.length) held.shift()!();
     for (const r of await Promise.all([...first, third, small])) expect(r.status).toBe(200);
+    // The wait is visible to operators: one body waited.
+    expect(await s.metrics()).toMatch(/^tokenmeter_request_body_waits_total 1$/m);
     const rows = await s.rows();
     expect(rows).toHaveLength(4);
     for (const row of rows)
