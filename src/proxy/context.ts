@@ -18,6 +18,8 @@ export interface InflightMember {
    * false) so their shape never changes.
    */
   inflight: boolean;
+  /** Whether `Inflight` holds this member for drain while its request is still being read. */
+  pending: boolean;
 }
 
 /**
@@ -33,11 +35,28 @@ export interface InflightMember {
  */
 export class Inflight<T extends InflightMember> {
   private count = 0;
+  /** Members held while their request is read (no upstream yet): drain waits for them too. */
+  private pendingCount = 0;
   private readonly byUpstream = new Map<string, number>();
   private waiters: Array<() => void> = [];
 
+  /**
+   * Holds a member whose request is still being read (no upstream chosen yet): `idle()` waits for
+   * it, so a request cut while uploading at shutdown still gets its record written before the
+   * sinks close; the gauge does not show it. `add()` moves it into the count, `delete()` ends it.
+   */
+  hold(x: T): void {
+    if (x.pending || x.inflight) return;
+    x.pending = true;
+    this.pendingCount++;
+  }
+
   add(x: T): void {
     if (x.inflight) return;
+    if (x.pending) {
+      x.pending = false;
+      this.pendingCount--;
+    }
     x.inflight = true;
     this.count++;
     const u = x.upstreamName ?? '';
@@ -45,12 +64,16 @@ export class Inflight<T extends InflightMember> {
   }
 
   delete(x: T): void {
-    if (!x.inflight) return;
-    x.inflight = false;
-    this.count--;
-    const u = x.upstreamName ?? '';
-    this.byUpstream.set(u, (this.byUpstream.get(u) ?? 1) - 1);
-    if (this.count === 0) {
+    if (x.pending) {
+      x.pending = false;
+      this.pendingCount--;
+    } else if (x.inflight) {
+      x.inflight = false;
+      this.count--;
+      const u = x.upstreamName ?? '';
+      this.byUpstream.set(u, (this.byUpstream.get(u) ?? 1) - 1);
+    } else return;
+    if (this.count === 0 && this.pendingCount === 0) {
       const w = this.waiters;
       this.waiters = [];
       for (const f of w) f();
@@ -65,9 +88,9 @@ export class Inflight<T extends InflightMember> {
     return this.byUpstream;
   }
 
-  /** Resolves when nothing is in flight, or after `ms`. */
+  /** Resolves when nothing is in flight or being read, or after `ms`. */
   idle(ms: number): Promise<void> {
-    if (this.count === 0) return Promise.resolve();
+    if (this.count === 0 && this.pendingCount === 0) return Promise.resolve();
     return new Promise((resolve) => {
       const t = setTimeout(done, ms);
       function done(): void {

@@ -46,6 +46,8 @@ export class Exchange {
   upstreamName: string | undefined;
   /** Counted in the in-flight gauge now (managed by `Inflight`, proxy/context.ts). */
   inflight = false;
+  /** Held for drain while the request is read (managed by `Inflight`). */
+  pending = false;
 
   private meter: RequestMeter | undefined;
   private upstream!: UpstreamSettings;
@@ -70,6 +72,8 @@ export class Exchange {
     const url = req.url ?? '/';
     const q = url.indexOf('?');
     this.pathOnly = q === -1 ? url : url.slice(0, q);
+    // Drain waits for it from its first byte: cut while uploading, it still leaves its record.
+    ctx.inflight.hold(this);
   }
 
   /** Runs the exchange; never rejects (an internal failure answers 500 and still ends with a record). */

@@ -83,6 +83,8 @@ export class WsSession {
   upstreamName: string | undefined;
   /** Counted in the in-flight gauge now (managed by `Inflight`, proxy/context.ts). */
   inflight = false;
+  /** Held for drain while the request is read (managed by `Inflight`). */
+  pending = false;
 
   private meter: RequestMeter | undefined;
   private upstream!: UpstreamSettings;

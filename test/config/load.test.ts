@@ -27,6 +27,13 @@ function configErrorOf(fn: () => unknown): ConfigError {
   throw new Error('expected a ConfigError');
 }
 
+/** Loads `yaml` as a config file and expects each `line:col: field: message` among its errors. */
+function expectConfigErrors(yaml: string, expected: string[]): void {
+  const f = write('errors.yaml', yaml);
+  const message = configErrorOf(() => loadSettings({ config: f }, {}, dir)).message;
+  for (const e of expected) expect(message).toContain(`${f}:${e}`);
+}
+
 describe('loadSettings precedence (§2): flag > env > file > default', () => {
   it('uses defaults when nothing is given', () => {
     const s = loadSettings({}, {}, dir);
@@ -208,27 +215,24 @@ describe('client timeouts Node would refuse or switch off (docs/proxy.md, "Clien
     expect(configErrorOf(() => loadSettings({ config: f }, {}, dir)).message).toContain(
       `${f}:2:26: limits.client_header_timeout: must not be longer than client_request_timeout (10000 ms)`,
     );
-    const z = write(
-      'zero.yaml',
-      'limits:\n  client_header_timeout: 0\n  client_request_timeout: 0s\n  idle_timeout: 0\n',
-    );
-    const message = configErrorOf(() => loadSettings({ config: z }, {}, dir)).message;
-    expect(message).toContain(`${z}:2:26: limits.client_header_timeout: must be more than 0`);
-    expect(message).toContain(`${z}:3:27: limits.client_request_timeout: must be more than 0`);
     // 0 is not "no timeout": an idle_timeout of 0 answered every request 504 at once.
-    expect(message).toContain(`${z}:4:17: limits.idle_timeout: must be more than 0`);
+    expectConfigErrors(
+      'limits:\n  client_header_timeout: 0\n  client_request_timeout: 0s\n  idle_timeout: 0\n',
+      [
+        '2:26: limits.client_header_timeout: must be more than 0',
+        '3:27: limits.client_request_timeout: must be more than 0',
+        '4:17: limits.idle_timeout: must be more than 0',
+      ],
+    );
   });
 });
 
 describe('sizes with no "off" value', () => {
   it('0 for max_request_body, max_event_bytes or max_buffered_bodies is a config error at its line', () => {
-    const z = write(
-      'zero.yaml',
-      'limits:\n  max_request_body: 0\n  max_event_bytes: 0B\n  max_buffered_bodies: 0\n',
-    );
-    const message = configErrorOf(() => loadSettings({ config: z }, {}, dir)).message;
-    expect(message).toContain(`${z}:2:21: limits.max_request_body: must be more than 0`);
-    expect(message).toContain(`${z}:3:20: limits.max_event_bytes: must be more than 0`);
-    expect(message).toContain(`${z}:4:24: limits.max_buffered_bodies: must be more than 0`);
+    expectConfigErrors('limits:\n  max_request_body: 0\n  max_event_bytes: 0B\n  max_buffered_bodies: 0\n', [
+      '2:21: limits.max_request_body: must be more than 0',
+      '3:20: limits.max_event_bytes: must be more than 0',
+      '4:24: limits.max_buffered_bodies: must be more than 0',
+    ]);
   });
 });

@@ -6,7 +6,7 @@
 import { describe, expect, it } from 'vitest';
 import { Inflight, type InflightMember } from '../../src/proxy/context.js';
 
-const member = (upstreamName?: string): InflightMember => ({ upstreamName, inflight: false });
+const member = (upstreamName?: string): InflightMember => ({ upstreamName, inflight: false, pending: false });
 
 describe('Inflight', () => {
   it('counts each member once, per upstream, and forgets it on delete', () => {
@@ -45,5 +45,34 @@ describe('Inflight', () => {
     const t0 = Date.now();
     await f.idle(50);
     expect(Date.now() - t0).toBeGreaterThanOrEqual(45);
+  });
+});
+
+describe('Inflight: requests still being read', () => {
+  it('hold() counts a member for drain before it has an upstream; add() moves it, delete() ends it', async () => {
+    const f = new Inflight<InflightMember>();
+    const a = member();
+    f.hold(a);
+    expect(f.size).toBe(0); // not in flight yet: the gauge does not show it
+    expect(Object.fromEntries(f.perUpstream())).toEqual({});
+    let done = false;
+    const idle = f.idle(10_000).then(() => (done = true));
+    await new Promise((r) => setTimeout(r, 20));
+    expect(done).toBe(false); // drain waits for it
+    a.upstreamName = 'openai';
+    f.add(a);
+    expect(f.size).toBe(1);
+    await new Promise((r) => setTimeout(r, 20));
+    expect(done).toBe(false);
+    f.delete(a);
+    await idle;
+    expect(done).toBe(true);
+    // Held and ended without ever getting an upstream (the client left while uploading).
+    const b = member();
+    f.hold(b);
+    const idle2 = f.idle(10_000);
+    f.delete(b);
+    await idle2;
+    expect(f.size).toBe(0);
   });
 });

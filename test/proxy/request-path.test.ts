@@ -397,6 +397,31 @@ describe('timeouts and limits on the client side (§3.1)', () => {
     expect(await Promise.all(answers)).toEqual([200, 200, 200]);
   });
 
+  for (const waiting of [false, true])
+    it(`shutdown cuts a request ${waiting ? 'waiting for body room' : 'still uploading'}: it is recorded before serve stops`, async () => {
+      const { up, held } = await heldUpstream();
+      const s = await serve(
+        `${up.url}/v1`,
+        'limits:\n  max_request_body: 1MiB\n  max_buffered_bodies: 1MiB\n  shutdown_grace: 100ms\n',
+      );
+      const body = JSON.stringify({ ...CHAT, pad: 'x'.repeat(700 * 1024) });
+      if (waiting) {
+        void post(s.base, '/v1/chat/completions', body).catch(() => {});
+        await waitFor('the first request at the upstream', () => (up.seen.length >= 1 ? true : undefined));
+      }
+      const socket = net.connect(Number(new URL(s.base).port), '127.0.0.1');
+      socket.on('error', () => {});
+      socket.write(
+        `POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n` +
+          `Content-Length: ${body.length}\r\n\r\n${body.slice(0, 1000)}`,
+      );
+      await sleep(200);
+      const rows = await s.rows(); // stops serve: the grace runs out, connections are cut
+      held.length = 0;
+      socket.destroy();
+      expect(rows.filter((r) => r.error_type === 'client_abort')).toHaveLength(waiting ? 2 : 1);
+    });
+
   it('a client that leaves while its body waits for room is dropped from the wait, and the room is not lost', async () => {
     const { up, held } = await heldUpstream();
     const s = await serve(`${up.url}/v1`, 'limits:\n  max_request_body: 1MiB\n  max_buffered_bodies: 1MiB\n');
