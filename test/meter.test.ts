@@ -6,7 +6,7 @@ import { inspectRequest } from '../src/meter/inspect.js';
 import type { Meter, MeterBeginInput, MeterOutcome } from '../src/meter/types.js';
 import type { PriceBook, PriceQuery } from '../src/pricing/types.js';
 import type { RequestRecord } from '../src/record.js';
-import type { HealthCounters, Sink } from '../src/sinks/types.js';
+import { NOOP_HEALTH, type HealthCounters, type Sink } from '../src/sinks/types.js';
 
 /** A price book that prices every token at 1 nano, so the cost shows which usage was priced. */
 const COUNTING_BOOK: PriceBook = {
@@ -28,13 +28,7 @@ const COUNTING_BOOK: PriceBook = {
 function harness(extraSinks: Sink[] = [], priceBook: PriceBook = COUNTING_BOOK) {
   const records: RequestRecord[] = [];
   const errors: string[] = [];
-  const health: HealthCounters = {
-    internalError: (c) => errors.push(c),
-    auditQueueDepth: () => {},
-    auditDropped: () => {},
-    sseOversize: () => {},
-    requestBodyWait: () => {},
-  };
+  const health: HealthCounters = { ...NOOP_HEALTH, internalError: (c) => errors.push(c) };
   const collector: Sink = { name: 'collector', write: (r) => records.push(r), close: async () => {} };
   const deps: MeterDeps = {
     sinks: [...extraSinks, collector],

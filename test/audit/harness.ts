@@ -3,7 +3,7 @@
  * import outside the test runner).
  */
 import { openSqlite } from '../../src/sinks/audit/sqlite.js';
-import { afterEach, beforeEach } from 'vitest';
+import { afterEach, beforeEach, vi } from 'vitest';
 import { createLogger, SILENT_LOGGER } from '../../src/log.js';
 import { openAuditLog, type AuditLogOptions, type AuditSink } from '../../src/sinks/audit/index.js';
 import { recordingHealth, tempDir, type TempDir } from './records.js';
@@ -68,3 +68,11 @@ export function logLines(): { lines: Array<Record<string, unknown>>; log: Return
   const lines: Array<Record<string, unknown>> = [];
   return { lines, log: createLogger('debug', (l) => lines.push(JSON.parse(l) as Record<string, unknown>)) };
 }
+
+/**
+ * Waits for an assertion to hold, up to 10 s: what the audit writer does happens off the caller's
+ * stack (a thread, timers, retries with back-off), and on a loaded 2-core CI machine it can take
+ * longer than vi.waitFor's default second. It returns as soon as the assertion holds.
+ */
+export const eventually = <T>(assertion: () => T | Promise<T>): Promise<T> =>
+  vi.waitFor(assertion, { timeout: 10_000, interval: 10 });

@@ -6,6 +6,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { RequestRecord } from '../../src/record.js';
+import { NOOP_HEALTH, type HealthCounters } from '../../src/sinks/types.js';
 
 let seq = 0;
 
@@ -118,18 +119,10 @@ export function tempDir(): TempDir {
   };
 }
 
-/** Health counters that remember what they were told. */
-export function recordingHealth(): {
-  dropped: number;
-  depth: number[];
-  internal: string[];
-  internalError(c: string): void;
-  auditQueueDepth(d: number): void;
-  auditDropped(n: number): void;
-  sseOversize(): void;
-  requestBodyWait(): void;
-} {
+/** Health counters that remember what the audit log told them (the others do nothing). */
+export function recordingHealth(): HealthCounters & { dropped: number; depth: number[]; internal: string[] } {
   return {
+    ...NOOP_HEALTH,
     dropped: 0,
     depth: [],
     internal: [],
@@ -142,7 +135,5 @@ export function recordingHealth(): {
     auditDropped(n) {
       this.dropped += n;
     },
-    sseOversize() {},
-    requestBodyWait() {},
   };
 }

@@ -6,12 +6,12 @@
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { openSqlite } from '../../src/sinks/audit/sqlite.js';
-import { beforeEach, describe, expect, it, vi } from 'vitest';
+import { beforeEach, describe, expect, it } from 'vitest';
 import { AuditWriter } from '../../src/sinks/audit/audit-writer.js';
 import { openWriterConnection } from '../../src/sinks/audit/connection.js';
 import { auditTestHooks, recordToRow, rowValue, type AuditSink } from '../../src/sinks/audit/index.js';
 import { fullRecord, recordingHealth, type TempDir } from './records.js';
-import { logLines, storedIdsAt, useAuditLogs } from './harness.js';
+import { eventually, logLines, storedIdsAt, useAuditLogs } from './harness.js';
 
 let tmp: TempDir;
 const logs = useAuditLogs();
@@ -172,7 +172,7 @@ describe('a writer thread that dies', () => {
       const exited = new Promise((r) => thread.worker.once('exit', r));
       thread.crashForTests();
       await exited;
-      await vi.waitFor(() => expect(auditTestHooks.writerThread(audit)).not.toBe(thread));
+      await eventually(() => expect(auditTestHooks.writerThread(audit)).not.toBe(thread));
     }
     expect(auditTestHooks.writerWhere(audit)).toBe('main');
     const records = Array.from({ length: 30 }, () => fullRecord());

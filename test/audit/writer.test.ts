@@ -1,11 +1,11 @@
 import Database from 'better-sqlite3';
 import { openSqlite } from '../../src/sinks/audit/sqlite.js';
-import { beforeEach, describe, expect, it, vi } from 'vitest';
+import { beforeEach, describe, expect, it } from 'vitest';
 import type { RequestRecord } from '../../src/record.js';
 import { auditTestHooks, rowToRecord } from '../../src/sinks/audit/index.js';
 import { DAY_MS, REQUEST_COLUMN_NAMES } from '../../src/sinks/audit/migrations.js';
 import { fullRecord, nullRecord, recordingHealth, type TempDir } from './records.js';
-import { logLines, storedIdsAt, useAuditLogs } from './harness.js';
+import { eventually, logLines, storedIdsAt, useAuditLogs } from './harness.js';
 
 let tmp: TempDir;
 /** Every test runs against both writers: the thread (the default for a file) and the main thread. */
@@ -71,12 +71,12 @@ describe.each(['thread', 'main'] as const)('audit log writer (%s)', (mode) => {
     if (mode === 'thread') {
       // Group commit: rows go to the writer thread as soon as it is free, in jobs of at most
       // batchSize rows; none waits for the (60 s) timer or a flush.
-      await vi.waitFor(() => expect(storedIds()).toEqual(records.map((r) => r.id).sort()));
+      await eventually(() => expect(storedIds()).toEqual(records.map((r) => r.id).sort()));
       return;
     }
     // On the main thread, two full batches are written on the next turns of the event loop; the
     // last 2 wait for the timer/flush.
-    await vi.waitFor(() => expect(storedIds()).toHaveLength(10));
+    await eventually(() => expect(storedIds()).toHaveLength(10));
     await new Promise((r) => setTimeout(r, 50));
     expect(storedIds()).toHaveLength(10);
     await audit.flush();
@@ -107,9 +107,7 @@ describe.each(['thread', 'main'] as const)('audit log writer (%s)', (mode) => {
     expect(storedIds()).toEqual([first.id]);
     // And then all of them in one job, without a flush or the 60 s timer.
     const all = [first, ...records].map((r) => r.id).sort();
-    await vi.waitFor(() => expect(storedIds()).toEqual(all), {
-      timeout: 5_000,
-    });
+    await eventually(() => expect(storedIds()).toEqual(all));
     expect(health.depth).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 0]);
   });
 
@@ -123,7 +121,7 @@ describe.each(['thread', 'main'] as const)('audit log writer (%s)', (mode) => {
     const audit = openLog({ flushIntervalMs: 20, health });
     const r = fullRecord();
     audit.write(r);
-    await vi.waitFor(() => expect(storedIds()).toEqual([r.id]));
+    await eventually(() => expect(storedIds()).toEqual([r.id]));
     expect(health.depth.at(-1)).toBe(0);
   });
 
@@ -160,7 +158,7 @@ describe.each(['thread', 'main'] as const)('audit log writer (%s)', (mode) => {
     // No DB attempt happened on the caller's stack (it would have failed against the lock and counted).
     expect(health.internal).toEqual([]);
     // Let the writer fail a few times against the lock.
-    await vi.waitFor(() =>
+    await eventually(() =>
       expect(health.internal.filter((c) => c === 'audit').length).toBeGreaterThanOrEqual(3),
     );
     await audit.flush(); // must not throw while locked either
@@ -175,7 +173,7 @@ describe.each(['thread', 'main'] as const)('audit log writer (%s)', (mode) => {
     locker.exec('COMMIT');
     locker.close();
     // The queued rows (the newest 20) are retried and land.
-    await vi.waitFor(() => expect(storedIds()).toEqual(records.slice(30).map((r) => r.id)));
+    await eventually(() => expect(storedIds()).toEqual(records.slice(30).map((r) => r.id)));
     expect(lines.some((l) => l['msg'] === 'audit log writes recovered')).toBe(true);
   });
 
@@ -187,13 +185,13 @@ describe.each(['thread', 'main'] as const)('audit log writer (%s)', (mode) => {
     const r = fullRecord();
     audit.write(r);
     await audit.flush();
-    await vi.waitFor(() => expect(health.internal.length).toBeGreaterThanOrEqual(2));
+    await eventually(() => expect(health.internal.length).toBeGreaterThanOrEqual(2));
     expect(storedIds()).toEqual([]);
     expect(lines.find((l) => l['msg']?.toString().startsWith('audit log write failed'))?.['kind']).toBe(
       'read_only',
     );
     await auditTestHooks.execOnWriter(audit, 'PRAGMA query_only = OFF');
-    await vi.waitFor(() => expect(storedIds()).toEqual([r.id]));
+    await eventually(() => expect(storedIds()).toEqual([r.id]));
     expect(health.dropped).toBe(0);
   });
 
@@ -211,7 +209,7 @@ describe.each(['thread', 'main'] as const)('audit log writer (%s)', (mode) => {
       'full',
     );
     await auditTestHooks.execOnWriter(audit, 'PRAGMA max_page_count = 1073741823');
-    await vi.waitFor(() => expect(storedIds()).toHaveLength(200));
+    await eventually(() => expect(storedIds()).toHaveLength(200));
     expect(health.dropped).toBe(0);
   });
 

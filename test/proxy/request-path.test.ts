@@ -16,7 +16,7 @@ import { createMeter } from '../../src/meter/index.js';
 import type { Meter, RequestMeter } from '../../src/meter/types.js';
 import { createProxyServer } from '../../src/proxy/server.js';
 import type { RequestRecord } from '../../src/record.js';
-import type { HealthCounters, Sink } from '../../src/sinks/types.js';
+import { NOOP_HEALTH, type HealthCounters, type Sink } from '../../src/sinks/types.js';
 import { makeTempDir, waitFor } from '../e2e/helpers.js';
 import { testSettings, upstreamSettings } from './helpers.js';
 import { rawExchange, request, startRawUpstream, startTestUpstream, type Handler } from './http-helpers.js';
@@ -126,11 +126,8 @@ async function proxyOnce(upstreamUrl: string, meter: Meter, health?: HealthCount
 
 /** Health counters that record each internal error's component, in order. */
 const recordingHealth = (errors: string[]): HealthCounters => ({
+  ...NOOP_HEALTH,
   internalError: (c) => errors.push(c),
-  auditQueueDepth: () => {},
-  auditDropped: () => {},
-  sseOversize: () => {},
-  requestBodyWait: () => {},
 });
 
 const post = (base: string, path: string, body: string | Buffer, headers: Record<string, string> = {}) =>
