@@ -151,11 +151,6 @@ export class BodyRoom {
     this.waiting = still;
     for (const f of taken) f();
   }
-
-  /** Bytes taken now (tests, diagnostics). */
-  get inUse(): number {
-    return this.used;
-  }
 }
 
 export interface ProxyContext {

@@ -14,7 +14,13 @@ import { inspectRequest } from '../meter/inspect.js';
 import type { MeterOutcome, RequestInfo, RequestMeter } from '../meter/types.js';
 import { joinUpstreamPath } from './path-join.js';
 import type { ProxyContext } from './context.js';
-import { endpointError, forwardableHeaders, openUpstreamRequest, unreachableMessage } from './http-util.js';
+import {
+  endpointError,
+  forwardableHeaders,
+  forwardableReason,
+  openUpstreamRequest,
+  unreachableMessage,
+} from './http-util.js';
 import {
   canRecode,
   EncodedUsageChunkStripper,
@@ -490,42 +496,29 @@ export class Exchange {
   /**
    * Sends the upstream's status line and headers. Node refuses a head it considers invalid (a
    * status below 100, a control character in the reason phrase) by throwing, which on an event
-   * callback would take the whole process down; a 1xx as the final answer is refused here. A bad
-   * reason phrase is replaced by the standard one (the status, headers and body still go
-   * through); any other refusal is an `upstreamFault`. Returns false when the response cannot be
+   * callback would take the whole process down: `forwardableReason` applies Node's rules first (a
+   * bad reason phrase is replaced by the standard one; the status, headers and body still go
+   * through), a 1xx as the final answer is refused here, and anything else `writeHead` refuses
+   * is caught. A refused head is an `upstreamFault`. Returns false when the response cannot be
    * forwarded.
    */
   private writeHeadFrom(upRes: IncomingMessage, status: number, headers: string[]): boolean {
     const { res } = this;
-    let error: Error | undefined;
+    let error: Error;
     if (status >= 100 && status < 200) {
       // A 1xx is never a final answer (RFC 9110 §15.2). Node skips the informational ones and
       // hands over a 101 only when it has no Upgrade header: nothing was switched, nothing answered.
       error = new Error(`status ${status} as the final response (1xx without an upgrade)`);
     } else {
-      try {
-        res.writeHead(status, upRes.statusMessage, headers);
-        return true;
-      } catch (err) {
-        error = err as Error;
-      }
-    }
-    if ((error as NodeJS.ErrnoException).code === 'ERR_INVALID_CHAR' && !res.headersSent) {
-      try {
-        res.writeHead(status, http.STATUS_CODES[status] ?? 'unknown', headers);
-        this.ctx.log.once(
-          'upstream-reason-phrase',
-          'warn',
-          'upstream reason phrase cannot be forwarded; sent the standard one',
-          {
-            upstream: this.upstream.name,
-            status,
-          },
-        );
-        return true;
-      } catch (err) {
-        error = err as Error;
-      }
+      const reason = forwardableReason(this.ctx.log, this.upstream.name, status, upRes.statusMessage);
+      if (reason instanceof Error) error = reason;
+      else
+        try {
+          res.writeHead(status, reason, headers);
+          return true;
+        } catch (err) {
+          error = err as Error;
+        }
     }
     upRes.destroy();
     res.statusMessage = ''; // the upstream's, if Node kept it, must not reach the error head

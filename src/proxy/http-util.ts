@@ -6,6 +6,7 @@ import http from 'node:http';
 import https from 'node:https';
 import type { Socket } from 'node:net';
 import type { UpstreamSettings } from '../config/types.js';
+import type { Logger } from '../log.js';
 
 /**
  * One request to `upstream` through its keep-alive `agent`. `onConnected` runs once the socket is
@@ -164,17 +165,34 @@ export function endpointError(
 const INVALID_REASON_CHAR = /[^\t\x20-\x7e\x80-\xff]/;
 
 /**
- * The status line to write on a raw socket for an upstream's answer, by the rules Node's server
- * applies to `writeHead`: a status outside 100–999 cannot be sent (an Error naming it, worded as
- * Node's), a reason phrase with a control character is replaced by the standard one (`replaced`).
+ * The reason phrase to send with an upstream's status, by the rules Node's server applies in
+ * `writeHead`, for both the HTTP path and the raw WebSocket path: a status outside 100–999 cannot
+ * be sent (an Error worded as Node's), a reason phrase with a control character is replaced by the
+ * standard one. Each is logged once.
  */
-export function rawStatusLine(
+export function forwardableReason(
+  log: Logger,
+  upstream: string,
   status: number,
   reason: string | undefined,
-): { line: string; replaced: boolean } | Error {
-  if (!Number.isInteger(status) || status < 100 || status > 999)
-    return new Error(`Invalid status code: ${status}`);
-  const bad = reason !== undefined && INVALID_REASON_CHAR.test(reason);
-  const phrase = bad ? (http.STATUS_CODES[status] ?? 'unknown') : (reason ?? '');
-  return { line: `HTTP/1.1 ${status} ${phrase}\r\n`, replaced: bad };
+): string | Error {
+  if (!Number.isInteger(status) || status < 100 || status > 999) {
+    const error = new Error(`Invalid status code: ${status}`);
+    log.once('upstream-invalid-head', 'warn', 'upstream sent a response head that cannot be forwarded', {
+      upstream,
+      error: error.message,
+    });
+    return error;
+  }
+  if (reason === undefined || !INVALID_REASON_CHAR.test(reason)) return reason ?? '';
+  log.once(
+    'upstream-reason-phrase',
+    'warn',
+    'upstream reason phrase cannot be forwarded; sent the standard one',
+    {
+      upstream,
+      status,
+    },
+  );
+  return http.STATUS_CODES[status] ?? 'unknown';
 }

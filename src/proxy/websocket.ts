@@ -23,7 +23,7 @@ import {
   endpointError,
   forwardableHeaders,
   openUpstreamRequest,
-  rawStatusLine,
+  forwardableReason,
   unreachableMessage,
 } from './http-util.js';
 import { joinUpstreamPath } from './path-join.js';
@@ -385,32 +385,10 @@ export class WsSession {
     });
   }
 
-  /**
-   * The status line for the upstream's answer, or why it cannot be sent; a reason phrase Node's
-   * server would refuse is replaced by the standard one, as on the HTTP path (logged once).
-   */
+  /** The status line for the upstream's answer, or why it cannot be sent (as on the HTTP path). */
   private statusLine(upRes: IncomingMessage, status: number): string | Error {
-    const line = rawStatusLine(status, upRes.statusMessage);
-    if (line instanceof Error) {
-      this.ctx.log.once(
-        'upstream-invalid-head',
-        'warn',
-        'upstream sent a response head that cannot be forwarded',
-        {
-          upstream: this.upstream.name,
-          error: line.message,
-        },
-      );
-      return line;
-    }
-    if (line.replaced)
-      this.ctx.log.once(
-        'upstream-reason-phrase',
-        'warn',
-        'upstream reason phrase cannot be forwarded; sent the standard one',
-        { upstream: this.upstream.name, status },
-      );
-    return line.line;
+    const reason = forwardableReason(this.ctx.log, this.upstream.name, status, upRes.statusMessage);
+    return reason instanceof Error ? reason : `HTTP/1.1 ${status} ${reason}\r\n`;
   }
 
   /** The client's socket ended, closed or failed: the upstream is cut at once (no orphaned session). */
