@@ -6,7 +6,9 @@
  * not part of `npm run bench`: `npm run build && node --import tsx bench/meter-micro.ts [N]` (add
  * --cpu-prof to profile). With `MICRO_OTLP=<base URL of bench/otlp-receiver.ts>` traces are on
  * (only OTEL_EXPORTER_OTLP_ENDPOINT set, as a user turns them on: http/protobuf), so the span's
- * start, end and export are in the figures too.
+ * start, end and export are in the figures too. `MICRO_DIST=<absolute path of a built dist/>`
+ * times another build instead (an A/B of one change: copy this tree's dist/ before the change to
+ * a folder inside the repository, so its imports and presets resolve, and alternate the two runs).
  */
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -17,7 +19,7 @@ import { COMPLETION } from './upstream.js';
 
 // The compiled tree (dist/, what `serve` runs) unless MICRO_SRC=1: tsx adds a __name() call to
 // every closure it creates, which the metering path creates per request.
-const from = process.env.MICRO_SRC ? '../src' : '../dist';
+const from = process.env.MICRO_SRC ? '../src' : (process.env.MICRO_DIST ?? '../dist');
 const { SILENT_LOGGER } = (await import(`${from}/log.js`)) as typeof import('../src/log.js');
 const { inspectRequest } = (await import(
   `${from}/meter/inspect.js`

@@ -19,7 +19,7 @@ port.on('message', (msg: ToWriter) => {
       reply({
         type: 'result',
         seq: msg.seq,
-        result: writer.run({ ...msg.job, rows: JSON.parse(msg.rows) as Row[] }),
+        result: writer.run({ ...msg.job, rows: msg.rows.map((r) => JSON.parse(r) as Row) }),
       });
       return;
     case 'exec':
