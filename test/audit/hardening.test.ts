@@ -318,6 +318,24 @@ describe('implausible numbers never reach INTEGER columns', () => {
     expect(health.internal).toContain('audit');
   });
 
+  it('stores NaN or Infinity in any other INTEGER column as NULL, through the writer thread', async () => {
+    // Rows reach the thread by structured clone, which keeps NaN and Infinity (JSON made them null);
+    // SQLite would store Infinity as a REAL in an INTEGER column.
+    const audit = openLog();
+    const r = fullRecord({ ttft_ms: Number.POSITIVE_INFINITY, http_status: Number.NaN });
+    audit.write(r);
+    await audit.flush();
+    const row = withReader(tmp.file('audit.db'), (db) =>
+      db
+        .prepare(
+          `SELECT ttft_ms, typeof(ttft_ms) AS t_ttft, http_status, typeof(http_status) AS t_status
+           FROM requests WHERE id = ?`,
+        )
+        .get(r.id),
+    );
+    expect(row).toEqual({ ttft_ms: null, t_ttft: 'null', http_status: null, t_status: 'null' });
+  });
+
   it('stores a non-safe-integer or negative cost as NULL with a note', () => {
     const row = recordToRow(fullRecord({ cost_nanos: 7.5e30, upstream_reported_cost_nanos: -1, note: null }));
     expect(rowValue(row, 'cost_nanos')).toBeNull();

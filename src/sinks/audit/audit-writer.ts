@@ -40,7 +40,7 @@ export interface BodyJob {
 }
 
 export interface WriteJob {
-  rows: Row[];
+  rows: readonly Row[];
   bodies: BodyJob[];
   /**
    * These rows were in flight when the previous writer thread died: it may have committed them

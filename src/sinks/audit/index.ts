@@ -31,7 +31,7 @@ import { clearServeMarker, readUncleanShutdown, setServeMarker, type UncleanShut
 import { DAY_MS, ensureKeySecret, pruneBefore } from './migrations.js';
 import { WINDOW_MARGIN, createRedactor } from './redact.js';
 import { RingQueue } from './ring-queue.js';
-import { recordToRow } from './row.js';
+import { recordToRow, type Row } from './row.js';
 import { InProcessWriter, WriterThread, WriterThreadGone, type WriterBackend } from './writer-host.js';
 
 export { recordToRow, rowToRecord, rowValue } from './row.js';
@@ -191,8 +191,8 @@ class AuditLog implements AuditSink {
   private readonly maxBackoff: number;
   private readonly lockGraceMs: number;
   private readonly capturing: boolean;
-  /** Each queued row as the JSON text of its values (writer-host.ts, QueuedJob). */
-  private readonly queue: RingQueue<string>;
+  /** Each queued row: its values in column order (row.ts), as they cross to the writer. */
+  private readonly queue: RingQueue<Row>;
   private readonly setup: WriterSetup;
   private backend: WriterBackend;
   /** The main thread's read connection while another connection writes (thread or fallback). */
@@ -240,7 +240,7 @@ class AuditLog implements AuditSink {
     this.lockGraceMs = opts.unhealthyAfterLockedMs ?? 1000;
     // Built here only to refuse an invalid pattern at startup; the writer redacts with its own.
     this.capturing = opts.captureBodies && createRedactor(opts.redactPatterns) !== undefined;
-    this.queue = new RingQueue<string>(Math.max(1, Math.floor(opts.queueSize)));
+    this.queue = new RingQueue<Row>(Math.max(1, Math.floor(opts.queueSize)));
     const startedAt = this.now();
 
     // Opening and migrating happen at startup, on this thread: errors here (schema too new,
@@ -301,7 +301,7 @@ class AuditLog implements AuditSink {
       return;
     }
     this.enqueued++;
-    if (this.queue.push(JSON.stringify(recordToRow(record, this.onRejected)))) {
+    if (this.queue.push(recordToRow(record, this.onRejected))) {
       // The evicted row is the oldest: part of the job in flight if there is one. Whether it is
       // lost is known only when that job's result comes back.
       const f = this.inFlight;
@@ -318,10 +318,10 @@ class AuditLog implements AuditSink {
   /**
    * Group commit (docs/audit.md, Flushing): with the writer on its own thread, rows go to it as
    * soon as it is free (after the linger), so a batch is what arrived during the linger and the
-   * previous job. Under load batches grow by themselves (one job in flight at a time). The queue
-   * holds each row as one flat JSON string, so a row that outlives a scavenge costs a string copy,
-   * not a promoted object graph (docs/audit.md has the steady-state numbers for 5, 25, 50 and
-   * 100 ms). The main-thread writer keeps full batches: there each job runs on the event loop.
+   * previous job. Under load batches grow by themselves (one job in flight at a time). A queued
+   * row is a flat positional array, not the record's object graph (docs/audit.md has the
+   * steady-state numbers for 5, 25, 50 and 100 ms, and the collector's cost of queued rows). The
+   * main-thread writer keeps full batches: there each job runs on the event loop.
    */
   private groupCommit(): boolean {
     return this.inFlight === undefined && this.backend.where === 'thread';

@@ -12,27 +12,18 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Worker, type WorkerOptions } from 'node:worker_threads';
 import type Database from 'better-sqlite3';
 import type { AuditWriter, JobResult, WriteJob, WriterSetup } from './audit-writer.js';
-import type { Row } from './row.js';
-
-/**
- * A job as the queue holds it: each row already serialised (the JSON text of its positional
- * values), so a queued request leaves one flat string behind instead of a row and every value it
- * references (they would all be promoted to the old generation while they wait for the batch).
- */
-export type QueuedJob = Omit<WriteJob, 'rows'> & { rows: readonly string[] };
 
 export interface WriterBackend {
   readonly where: 'thread' | 'main';
   /** Resolves with the job's result; rejects with `WriterThreadGone` when the thread died meanwhile. */
-  run(job: QueuedJob): Promise<JobResult>;
+  run(job: WriteJob): Promise<JobResult>;
   exec(sql: string): Promise<void>;
   /** Clears the marker and closes the write connection; bounded by `timeoutMs` (then terminated). */
   close(timeoutMs: number): Promise<{ markerCleared: boolean }>;
 }
 
 export type ToWriter =
-  /** `rows`: each row's JSON text, as queued (see `WriterThread.run`). */
-  | { type: 'job'; seq: number; job: WriteJob; rows: readonly string[] }
+  | { type: 'job'; seq: number; job: WriteJob }
   | { type: 'exec'; seq: number; sql: string }
   | { type: 'close'; seq: number }
   /** Tests: the thread exits as if it crashed (between jobs, like a real crash would look here). */
@@ -67,9 +58,9 @@ export class InProcessWriter implements WriterBackend {
     return this.writer.detached();
   }
 
-  run(job: QueuedJob): Promise<JobResult> {
+  run(job: WriteJob): Promise<JobResult> {
     try {
-      return Promise.resolve(this.writer.run({ ...job, rows: job.rows.map((r) => JSON.parse(r) as Row) }));
+      return Promise.resolve(this.writer.run(job));
     } catch (err) {
       return Promise.reject(err as Error);
     }
@@ -131,12 +122,10 @@ export class WriterThread implements WriterBackend {
     this.worker.on('exit', (code) => this.stop(`the audit writer thread exited with code ${code}`));
   }
 
-  async run(job: QueuedJob): Promise<JobResult> {
-    // Rows cross as the array of their JSON texts, as queued: V8's structured clone of hundreds of
-    // row arrays costs the main thread more (bench/audit.ts), and so does joining the texts into
-    // one string first: a batch of 500 is a ~180 KB string built and then copied again by the
-    // clone, ≈ 3 µs a row against ≈ 1 µs for the array of flat strings (docs/audit.md, issue 11).
-    const msg: ToWriter = { type: 'job', seq: 0, job: { ...job, rows: [] }, rows: job.rows };
+  async run(job: WriteJob): Promise<JobResult> {
+    // Rows cross as they are queued, positional arrays, by structured clone: no JSON text is made
+    // on this thread or parsed on the writer's (docs/audit.md, "Rows", issue 11).
+    const msg: ToWriter = { type: 'job', seq: 0, job };
     const reply = await this.call(msg, JOB_TIMEOUT_MS);
     if (reply.type !== 'result') throw new Error(`unexpected reply ${reply.type}`);
     return reply.result;

@@ -6,7 +6,6 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { AuditWriter, type WriterSetup } from './audit-writer.js';
 import type { FromWriter, ToWriter } from './writer-host.js';
-import type { Row } from './row.js';
 
 if (!parentPort) throw new Error('writer-thread.ts runs as a worker thread of the audit log');
 const port = parentPort;
@@ -19,7 +18,7 @@ port.on('message', (msg: ToWriter) => {
       reply({
         type: 'result',
         seq: msg.seq,
-        result: writer.run({ ...msg.job, rows: msg.rows.map((r) => JSON.parse(r) as Row) }),
+        result: writer.run(msg.job),
       });
       return;
     case 'exec':
