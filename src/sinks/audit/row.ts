@@ -69,14 +69,15 @@ const projectRow = new Function(
   }).join(', ')}];`,
 ) as (record: RequestRecord) => Row;
 
-/** Where the INTEGER columns sit in a Row. */
-const INTEGER_INDEXES = REQUEST_COLUMN_NAMES.flatMap((name, i) =>
-  REQUEST_COLUMNS[name].kind === 'integer' ? [i] : [],
+/** Where the other INTEGER columns sit in a Row: counts and money are `rejectImplausible`'s. */
+const checked: readonly RequestColumn[] = [...COUNT_COLUMNS, ...MONEY_COLUMNS];
+const OTHER_INTEGER_INDEXES = REQUEST_COLUMN_NAMES.flatMap((name, i) =>
+  REQUEST_COLUMNS[name].kind === 'integer' && !checked.includes(name) ? [i] : [],
 );
 
 /**
  * RequestRecord → bound parameters: booleans as 0/1, everything else as is (null stays null).
- * NaN or ±Infinity in any INTEGER column becomes NULL (SQLite would store Infinity as a REAL);
+ * NaN or ±Infinity in any other INTEGER column becomes NULL (SQLite would store Infinity as a REAL);
  * the row reaches the writer thread by structured clone, which keeps them, unlike JSON.
  * An implausible count or cost becomes NULL — unknown, never a number — and the row's `note` says
  * which (`token_count_rejected:<columns>`, `cost_rejected:<columns>`); `onRejected` is called once
@@ -86,7 +87,7 @@ export function recordToRow(record: RequestRecord, onRejected?: (columns: string
   const row = projectRow(record);
   const tokens = rejectImplausible(row, COUNT_COLUMNS);
   const money = rejectImplausible(row, MONEY_COLUMNS);
-  for (const i of INTEGER_INDEXES) {
+  for (const i of OTHER_INTEGER_INDEXES) {
     const v = row[i];
     if (typeof v === 'number' && !Number.isFinite(v)) row[i] = null;
   }

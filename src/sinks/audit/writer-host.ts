@@ -124,7 +124,7 @@ export class WriterThread implements WriterBackend {
 
   async run(job: WriteJob): Promise<JobResult> {
     // Rows cross as they are queued, positional arrays, by structured clone: no JSON text is made
-    // on this thread or parsed on the writer's (docs/audit.md, "Rows", issue 11).
+    // on this thread or parsed on the writer's (docs/audit.md, "What runs where"; issue 11).
     const msg: ToWriter = { type: 'job', seq: 0, job };
     const reply = await this.call(msg, JOB_TIMEOUT_MS);
     if (reply.type !== 'result') throw new Error(`unexpected reply ${reply.type}`);
