@@ -7,7 +7,11 @@
  * and the bare proxy, to judge one change.
  *
  *   node --import tsx bench/steady.ts --a bare --b . [--rounds 8] [--secs 3] [--warm 10]
- *        [--a-args=--no-db] [--b-args=...] [--a-env=K=V,K=V] [--b-env=...]
+ *        [--a-args=--no-db] [--b-args=...] [--a-env=K=V,K=V] [--b-env=...] [--c1 N]
+ *
+ * `--c1 N` measures latency instead: after the warm-up, N sequential requests to each side, one to
+ * A and one to B in turn (the order flipping every turn), and prints each side's p50 and p99 of
+ * the whole request's time, the way the bench's concurrency-1 phase interleaves its targets.
  *
  * A target is `bare` (bench/bare-proxy.ts) or the root of a built tokenmeter tree (its
  * bin/tokenmeter.js serve, with its defaults: SQLite audit log and metrics, OpenTelemetry off).
@@ -20,7 +24,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { CHAT_BODY, runLoad } from './load.js';
+import http from 'node:http';
+import { CHAT_BODY, percentile, runLoad, sortedNumbers, timedRequest } from './load.js';
 import { cleanEnv, spawnChild, type Child } from './processes.js';
 
 const { values: opt } = parseArgs({
@@ -34,6 +39,7 @@ const { values: opt } = parseArgs({
     'b-args': { type: 'string', default: '' },
     'a-env': { type: 'string', default: '' },
     'b-env': { type: 'string', default: '' },
+    c1: { type: 'string', default: '0' },
   },
 });
 const here = (name: string) => new URL(`./${name}`, import.meta.url).pathname;
@@ -95,6 +101,49 @@ const rps = async (c: Child, secs: number): Promise<number> => {
   });
   return (r.timings.filter((t) => t.status === 200).length / r.elapsedMs) * 1000;
 };
+
+/** `--rounds` alternating rounds of c=32 load; each round's req/s and the median B/A. */
+async function throughputAB(a: Child, b: Child, secs: number): Promise<void> {
+  const ra: number[] = [];
+  const rb: number[] = [];
+  for (let i = 0; i < Number(opt.rounds); i++) {
+    if (i % 2 === 0) {
+      ra.push(await rps(a, secs));
+      rb.push(await rps(b, secs));
+    } else {
+      rb.push(await rps(b, secs));
+      ra.push(await rps(a, secs));
+    }
+  }
+  const ratios = ra.map((x, i) => rb[i]! / x);
+  const fmt = (xs: number[]) => xs.map((x) => Math.round(x)).join(' ');
+  console.log(`A ${opt.a} ${opt['a-args']}: ${fmt(ra)} req/s (median ${Math.round(median(ra))})`);
+  console.log(`B ${opt.b} ${opt['b-args']}: ${fmt(rb)} req/s (median ${Math.round(median(rb))})`);
+  console.log(
+    `B/A per round: ${ratios.map((r) => r.toFixed(3)).join(' ')}; median ${median(ratios).toFixed(3)}`,
+  );
+}
+
+/** N sequential requests to each of a and b in turn; p50/p99 of each side's request time. */
+async function latencyAB(a: Child, b: Child, n: number): Promise<void> {
+  const agents = [a, b].map(() => new http.Agent({ keepAlive: true, maxSockets: 1 }));
+  const ms: number[][] = [[], []];
+  for (let i = 0; i < n; i++) {
+    for (const side of i % 2 === 0 ? [0, 1] : [1, 0]) {
+      const t = await timedRequest(agents[side]!, { base: [a, b][side]!.base, body: CHAT_BODY });
+      if (t.status === 200) ms[side]!.push(t.totalMs);
+    }
+  }
+  for (const agent of agents) agent.destroy();
+  ms.forEach((xs, side) => {
+    const sorted = sortedNumbers(xs);
+    const f = (p: number) => percentile(sorted, p).toFixed(3);
+    console.log(
+      `${side === 0 ? 'A' : 'B'} ${side === 0 ? opt.a : opt.b}: n=${xs.length} p50 ${f(50)} ms, p99 ${f(99)} ms`,
+    );
+  });
+}
+
 const median = (xs: number[]): number => [...xs].sort((x, y) => x - y)[Math.floor((xs.length - 1) / 2)]!;
 
 try {
@@ -118,24 +167,8 @@ try {
   const secs = Number(opt.secs);
   await rps(a, Number(opt.warm));
   await rps(b, Number(opt.warm));
-  const ra: number[] = [];
-  const rb: number[] = [];
-  for (let i = 0; i < Number(opt.rounds); i++) {
-    if (i % 2 === 0) {
-      ra.push(await rps(a, secs));
-      rb.push(await rps(b, secs));
-    } else {
-      rb.push(await rps(b, secs));
-      ra.push(await rps(a, secs));
-    }
-  }
-  const ratios = ra.map((x, i) => rb[i]! / x);
-  const fmt = (xs: number[]) => xs.map((x) => Math.round(x)).join(' ');
-  console.log(`A ${opt.a} ${opt['a-args']}: ${fmt(ra)} req/s (median ${Math.round(median(ra))})`);
-  console.log(`B ${opt.b} ${opt['b-args']}: ${fmt(rb)} req/s (median ${Math.round(median(rb))})`);
-  console.log(
-    `B/A per round: ${ratios.map((r) => r.toFixed(3)).join(' ')}; median ${median(ratios).toFixed(3)}`,
-  );
+  if (Number(opt.c1) > 0) await latencyAB(a, b, Number(opt.c1));
+  else await throughputAB(a, b, secs);
   if (receiver) console.log(`OTLP receiver: ${await (await fetch(`${receiver.base}/stats`)).text()}`);
 } finally {
   await Promise.all(children.map((c) => c.stop(2000)));

@@ -12,7 +12,7 @@
 import { Worker } from 'node:worker_threads';
 import { UsageError } from '../errors.js';
 import type { Logger } from '../log.js';
-import { workerEntry } from '../sinks/audit/writer-host.js';
+import { workerEntry } from '../worker-entry.js';
 import type { ReaderAnswers, ReaderQuery } from './operations.js';
 
 /** Why there is nothing to read; shown on the pages as is. */

@@ -5,12 +5,9 @@
  * the same `AuditWriter` synchronously on the main thread (':memory:', tests, the fallback when the
  * thread cannot start).
  */
-import { existsSync } from 'node:fs';
-import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Worker, type WorkerOptions } from 'node:worker_threads';
 import type Database from 'better-sqlite3';
+import { workerEntry } from '../../worker-entry.js';
 import type { AuditWriter, JobResult, WriteJob, WriterSetup } from './audit-writer.js';
 
 export interface WriterBackend {
@@ -209,21 +206,4 @@ export class WriterThread implements WriterBackend {
 function threadEntry(script?: URL): { filename: string | URL; options: WorkerOptions } {
   if (script) return { filename: script, options: { execArgv: [] } };
   return workerEntry(new URL('./writer-thread.js', import.meta.url));
-}
-
-/**
- * How to start the worker whose compiled entry is `js` (a `.js` URL; its `.ts` twin beside it is
- * used from the sources): the file itself from dist/, else an eval'd entry that registers tsx
- * first (see `threadEntry`). Shared with the console's reader thread (src/console/reader.ts).
- */
-export function workerEntry(js: URL): { filename: string | URL; options: WorkerOptions } {
-  // No flags from the process: a worker refuses V8 and process-wide ones (`--expose-gc`) and
-  // `node -e`'s `--input-type`, and the threads need none (tsx is registered below when needed).
-  const execArgv: string[] = [];
-  if (existsSync(fileURLToPath(js))) return { filename: js, options: { execArgv } };
-  const ts = new URL(js.href.replace(/\.js$/, '.ts')).href;
-  const tsxRoot = dirname(createRequire(import.meta.url).resolve('tsx/package.json'));
-  const api = pathToFileURL(join(tsxRoot, 'dist/esm/api/index.mjs')).href;
-  const code = `import(${JSON.stringify(api)}).then((m) => { m.register(); return import(${JSON.stringify(ts)}); });`;
-  return { filename: code, options: { eval: true, execArgv } };
 }

@@ -13,10 +13,12 @@ import type { Logger } from '../../log.js';
 
 const MAX_MESSAGE = 300;
 
-function text(args: unknown[]): string {
+/** A diag call's arguments as one bounded line (also used by the span export thread). */
+export function diagText(args: unknown[]): string {
   return args
     .map((a) => {
       if (typeof a === 'string') return a;
+      if (a instanceof Error) return a.message;
       try {
         return JSON.stringify(a) ?? String(a);
       } catch {
@@ -42,26 +44,26 @@ export function installDiagLogger(opts: {
     opts.onError();
     if (level >= DiagLogLevel.ERROR) {
       log.once('otel:error', 'warn', 'OpenTelemetry export failed (or SDK error); traffic is unaffected', {
-        error: text(args),
+        error: diagText(args),
       });
     }
   };
   const logger: DiagLogger = {
     error: failed,
     warn: (...args: unknown[]) => {
-      const message = text(args);
+      const message = diagText(args);
       // Our own `OTEL_*_EXPORTER=none` for signals left off (env.ts) is not worth a warning.
       if (level < DiagLogLevel.WARN || message.includes('contains "none"')) return;
       log.once(`otel:warn:${message.slice(0, 80)}`, 'warn', 'OpenTelemetry SDK warning', { message });
     },
     info: (...args: unknown[]) => {
-      if (level >= DiagLogLevel.INFO) log.info('OpenTelemetry SDK', { message: text(args) });
+      if (level >= DiagLogLevel.INFO) log.info('OpenTelemetry SDK', { message: diagText(args) });
     },
     debug: (...args: unknown[]) => {
-      if (level >= DiagLogLevel.DEBUG) log.debug('OpenTelemetry SDK', { message: text(args) });
+      if (level >= DiagLogLevel.DEBUG) log.debug('OpenTelemetry SDK', { message: diagText(args) });
     },
     verbose: (...args: unknown[]) => {
-      if (level >= DiagLogLevel.VERBOSE) log.debug('OpenTelemetry SDK', { message: text(args) });
+      if (level >= DiagLogLevel.VERBOSE) log.debug('OpenTelemetry SDK', { message: diagText(args) });
     },
   };
   // Errors always pass the API's filter (they are counted); the rest is filtered above.

@@ -55,6 +55,16 @@ export function otelSignalsFromEnv(env: NodeJS.ProcessEnv, forceTraces = false):
 }
 
 /**
+ * Whether OTEL_TRACES_EXPORTER asks for OTLP and nothing else (unset is OTLP, sdk-node's default;
+ * `null` entries are ignored as sdk-node ignores them): the case the span export thread serves.
+ */
+export function tracesToOtlpOnly(env: NodeJS.ProcessEnv): boolean {
+  return list(env.OTEL_TRACES_EXPORTER)
+    .filter((n) => n !== 'null')
+    .every((n) => n === 'otlp');
+}
+
+/**
  * The OTEL_* variables sdk-node should see: the user's, with signals that stay off set to `none`.
  * OTEL_LOG_LEVEL is left out: sdk-node would install a console diag logger for it, and tokenmeter
  * routes OTel's diagnostics into its own JSON log instead (see index.ts).

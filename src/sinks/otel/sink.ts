@@ -39,9 +39,10 @@ import type { RequestRecord } from '../../record.js';
 import { ATTR, OTEL_SCOPE } from '../../semconv.js';
 import type { HealthCounters, RequestStart, Sink, SinkRequest } from '../types.js';
 import { installDiagLogger } from './diag.js';
-import { sdkNodeEnv, withOtelEnv, type OtelSignals } from './env.js';
+import { sdkNodeEnv, tracesToOtlpOnly, withOtelEnv, type OtelSignals } from './env.js';
 import { requestLogRecord } from './logs.js';
 import { createGenAiMetrics, type GenAiMetrics } from './metrics.js';
+import { SpanHandOff } from './span-handoff.js';
 import { endRequestSpan, startRequestSpan } from './spans.js';
 
 /** The health component (and sink name) every OpenTelemetry failure is counted under. */
@@ -106,6 +107,8 @@ interface StartedSdk {
   /** Counts and logs (once) a failure that comes back as a rejection rather than through diag. */
   failed: (...args: unknown[]) => void;
   providers: Flushable[];
+  /** Where ended spans are exported: the export thread (OTLP), or sdk-node's processors here. */
+  spanExport: 'thread' | 'main';
   tracer?: Tracer;
   genAiMetrics?: GenAiMetrics;
   otelLogger?: OtelLogger;
@@ -121,15 +124,17 @@ function startSdk(opts: OtelSinkOptions, signals: OtelSignals): StartedSdk | und
     onError: () => opts.health.internalError(OTEL_COMPONENT),
   });
   let sdk: NodeSDK;
+  const handOff = spanHandOff(opts, signals);
   try {
     sdk = withOtelEnv(sdkNodeEnv(opts.env, signals), () => {
-      const s = new NodeSDK(sdkConfiguration(opts));
+      const s = new NodeSDK(sdkConfiguration(opts, handOff));
       s.start();
       return s;
     });
   } catch (err) {
     // sdk-node tolerates bad values (it warns and falls back), so this is unexpected: run without
     // telemetry rather than refuse to proxy.
+    void handOff?.shutdown();
     releaseGlobals();
     opts.health.internalError(OTEL_COMPONENT);
     opts.log.error('OpenTelemetry setup failed; running without it', { error: String(err).slice(0, 300) });
@@ -145,6 +150,7 @@ function startSdk(opts: OtelSinkOptions, signals: OtelSignals): StartedSdk | und
     owner,
     failed,
     providers: [tracerProvider, meterProvider, loggerProvider].filter((p) => p !== undefined),
+    spanExport: handOff ? 'thread' : 'main',
     tracer: tracerProvider ? trace.getTracer(OTEL_SCOPE) : undefined,
     genAiMetrics: meterProvider
       ? createGenAiMetrics(metrics.getMeter(OTEL_SCOPE), {
@@ -163,11 +169,11 @@ export function startOtelSink(opts: OtelSinkOptions, signals: OtelSignals): Otel
   const started = startSdk(opts, signals);
   if (!started) return undefined;
   const { tracer, genAiMetrics, otelLogger } = started;
-  logStart(opts, {
-    traces: tracer !== undefined,
-    metrics: genAiMetrics !== undefined,
-    logs: otelLogger !== undefined,
-  });
+  logStart(
+    opts,
+    { traces: tracer !== undefined, metrics: genAiMetrics !== undefined, logs: otelLogger !== undefined },
+    started.spanExport,
+  );
 
   /** Everything a finished request produces: the span's end, its metrics, its log record. */
   const finish = (span: Span | undefined, ctx: Context | undefined, r: RequestRecord): void => {
@@ -279,7 +285,7 @@ class ExplicitContextOnly implements ContextManager {
  * host. Not sdk-node's process detector by default: `process.command_args` would export our
  * command line, whose --upstream URL may carry credentials (OTEL_NODE_RESOURCE_DETECTORS opts in).
  */
-function sdkConfiguration(opts: OtelSinkOptions): Partial<NodeSDKConfiguration> {
+function sdkConfiguration(opts: OtelSinkOptions, handOff?: SpanHandOff): Partial<NodeSDKConfiguration> {
   const config: Partial<NodeSDKConfiguration> = {
     instrumentations: [],
     contextManager: new ExplicitContextOnly(),
@@ -287,10 +293,39 @@ function sdkConfiguration(opts: OtelSinkOptions): Partial<NodeSDKConfiguration> 
   };
   if (!opts.env.OTEL_NODE_RESOURCE_DETECTORS?.trim()) config.resourceDetectors = [envDetector, hostDetector];
   if (opts.traceExporter) config.traceExporter = opts.traceExporter;
+  else if (handOff) config.spanProcessors = [handOff];
   return config;
 }
 
-function logStart(opts: OtelSinkOptions, on: OtelSignals): void {
+const DEFAULT_BSP_MAX_QUEUE_SIZE = 2048;
+
+/**
+ * The span processor that hands ended spans to the export thread (span-handoff.ts), when traces go
+ * to OTLP (the usual case, and the one the thread serves). Console and Zipkin exporters, and a
+ * test's exporter, keep sdk-node's processors on the main thread. If the thread cannot be created,
+ * spans are exported on the main thread as before, with a warning.
+ */
+function spanHandOff(opts: OtelSinkOptions, signals: OtelSignals): SpanHandOff | undefined {
+  if (!signals.traces || opts.traceExporter || !tracesToOtlpOnly(opts.env)) return undefined;
+  const env: Record<string, string> = {};
+  for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('OTEL_') && v !== undefined) env[k] = v;
+  Object.assign(env, sdkNodeEnv(opts.env, { traces: true, metrics: false, logs: false }));
+  const queue = Number(opts.env.OTEL_BSP_MAX_QUEUE_SIZE);
+  try {
+    return new SpanHandOff({
+      env,
+      logLevel: opts.env.OTEL_LOG_LEVEL,
+      maxQueueSize: Number.isInteger(queue) && queue > 0 ? queue : DEFAULT_BSP_MAX_QUEUE_SIZE,
+    });
+  } catch (err) {
+    opts.log.warn('span export thread could not start; exporting spans on the main thread', {
+      error: String(err).slice(0, 300),
+    });
+    return undefined;
+  }
+}
+
+function logStart(opts: OtelSinkOptions, on: OtelSignals, spanExport: 'thread' | 'main'): void {
   const env = opts.env;
   let endpoint: string | undefined;
   try {
@@ -302,6 +337,7 @@ function logStart(opts: OtelSinkOptions, on: OtelSignals): void {
   }
   opts.log.info('OpenTelemetry on', {
     traces: on.traces,
+    ...(on.traces ? { span_export: spanExport } : {}),
     metrics: on.metrics,
     logs: on.logs,
     protocol: env.OTEL_EXPORTER_OTLP_PROTOCOL?.trim() || 'http/protobuf',
