@@ -137,6 +137,23 @@ describe('a span crossing to the export thread', () => {
     expect(back[1]!.instrumentationScope).toBe(back[0]!.instrumentationScope);
   });
 
+  it('numbers each list of attribute names once: same names in the same order share a number, nothing else does', () => {
+    const shapes = new ShapeTable(3);
+    expect(shapes.idOf(['a', 'b'])).toBe(0);
+    expect(shapes.idOf(['a', 'c'])).toBe(1); // same length, other name
+    expect(shapes.idOf(['b', 'a'])).toBe(2); // same names, other order: values go by position
+    expect(shapes.idOf(['a', 'b'])).toBe(0);
+    expect(shapes.idOf(['a'])).toBe(-1); // full
+    expect(shapes.take()).toEqual([
+      [0, ['a', 'b']],
+      [1, ['a', 'c']],
+      [2, ['b', 'a']],
+    ]);
+    expect(shapes.take()).toEqual([]);
+    shapes.clear();
+    expect(shapes.idOf(['a'])).toBe(0);
+  });
+
   it('once the shape table is full, a span carries its attribute names itself', () => {
     const spans = sdkSpans();
     const shapes = new ShapeTable(1);

@@ -82,7 +82,9 @@ function wireLinks(span: tracing.ReadableSpan): WireLink[] | null {
 
 /** Numbers attribute-name lists (main thread side); bounded, then spans carry their attributes whole. */
 export class ShapeTable {
-  private readonly ids = new Map<string, number>();
+  /** Known lists by length: a few per length, compared name by name (no key string per span). */
+  private readonly byLength = new Map<number, { names: string[]; id: number }[]>();
+  private size = 0;
   /** Shapes numbered since the last `take()`, to send with the batch that first uses them. */
   private fresh: [number, string[]][] = [];
 
@@ -90,14 +92,14 @@ export class ShapeTable {
 
   /** The shape number of these names, or -1 when the table is full. */
   idOf(names: string[]): number {
-    const key = names.join('\u0000');
-    let id = this.ids.get(key);
-    if (id === undefined) {
-      if (this.ids.size >= this.max) return -1;
-      id = this.ids.size;
-      this.ids.set(key, id);
-      this.fresh.push([id, names]);
-    }
+    let known = this.byLength.get(names.length);
+    if (known) {
+      for (const k of known) if (sameNames(k.names, names)) return k.id;
+    } else this.byLength.set(names.length, (known = []));
+    if (this.size >= this.max) return -1;
+    const id = this.size++;
+    known.push({ names, id });
+    this.fresh.push([id, names]);
     return id;
   }
 
@@ -109,9 +111,15 @@ export class ShapeTable {
 
   /** A new export thread knows no shape. */
   clear(): void {
-    this.ids.clear();
+    this.byLength.clear();
+    this.size = 0;
     this.fresh = [];
   }
+}
+
+function sameNames(a: readonly string[], b: readonly string[]): boolean {
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }
 
 export function encodeSpan(span: tracing.ReadableSpan, scope: number, shapes: ShapeTable): WireSpan {
