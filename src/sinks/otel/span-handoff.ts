@@ -136,8 +136,10 @@ export class SpanHandOff implements tracing.SpanProcessor {
       ...entry.options,
       env: this.opts.env,
       workerData: { consumed: this.consumed, logLevel: this.opts.logLevel },
-      // Holds at most a queue of spans and one export: a small heap keeps the process's RSS flat.
-      resourceLimits: { maxYoungGenerationSizeMb: 4, maxOldGenerationSizeMb: 48 },
+      // sdk-node and its exporters take 25-30 MiB of heap once loaded (43-49 MiB from the sources
+      // under tsx), plus at most a queue of spans and one export. A cap well above that keeps V8
+      // from sizing the thread's heap like the main thread's; 48 MiB ran out on Node 24 at start.
+      resourceLimits: { maxYoungGenerationSizeMb: 4, maxOldGenerationSizeMb: 128 },
     });
     // Never keeps the process alive by itself; a flush or shutdown in flight does (`call`).
     worker.unref();
