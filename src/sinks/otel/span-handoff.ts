@@ -45,8 +45,9 @@ export interface SpanHandOffOptions {
 const HAND_OFF_BATCH = 64;
 /** How long an ended span may wait on the main thread before its batch is handed over. */
 const HAND_OFF_DELAY_MS = 20;
+/** After the thread died, spans are dropped this long before a new one starts. */
 const RESTART_PAUSE_MS = 5_000;
-/** forceFlush/shutdown answers; sdk-node bounds its own shutdown above this (sink.ts). */
+/** Longest wait for the thread's answer to a flush; the sink's close() bounds shutdown by 5 s. */
 const CALL_TIMEOUT_MS = 30_000;
 
 interface Pending {
