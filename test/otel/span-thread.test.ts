@@ -248,7 +248,9 @@ describe('the span export thread', () => {
     expect(seen.errors).toHaveLength(1);
     expect(seen.errors[0]).toMatch(/span export thread stopped/);
     spans('during', 2); // within the pause: dropped, not queued without bound
-    await new Promise((r) => setTimeout(r, 350));
+    await until(() =>
+      seen.warns.some((w) => w.includes('2 span(s) dropped while the span export thread restarted')),
+    );
     spans('after', 2); // a new thread, sent the resource again
     await provider.forceFlush();
     const names = receiver.spans().map((s) => s.name);
