@@ -29,6 +29,19 @@ export function diagText(args: unknown[]): string {
     .slice(0, MAX_MESSAGE);
 }
 
+/** OTEL_LOG_LEVEL as a diag level: warn when unset or not a level name. */
+export function diagLevel(value: string | undefined): DiagLogLevel {
+  return diagLogLevelFromString(value) ?? DiagLogLevel.WARN;
+}
+
+/**
+ * Makes `logger` the global diag logger at `level` (the main thread's and the span export
+ * thread's). Errors always pass the API's filter: they are counted whatever the level.
+ */
+export function setDiagLogger(logger: DiagLogger, level: DiagLogLevel): void {
+  diag.setLogger(logger, { logLevel: Math.max(level, DiagLogLevel.ERROR), suppressOverrideMessage: true });
+}
+
 /**
  * Installs the diag logger; returns the failure reporter it uses, for failures that come back as a
  * rejected promise instead (forceFlush, shutdown).
@@ -38,7 +51,7 @@ export function installDiagLogger(opts: {
   log: Logger;
   onError: () => void;
 }): (...args: unknown[]) => void {
-  const level = diagLogLevelFromString(opts.env.OTEL_LOG_LEVEL) ?? DiagLogLevel.WARN;
+  const level = diagLevel(opts.env.OTEL_LOG_LEVEL);
   const { log } = opts;
   const failed = (...args: unknown[]): void => {
     opts.onError();
@@ -66,7 +79,7 @@ export function installDiagLogger(opts: {
       if (level >= DiagLogLevel.VERBOSE) log.debug('OpenTelemetry SDK', { message: diagText(args) });
     },
   };
-  // Errors always pass the API's filter (they are counted); the rest is filtered above.
-  diag.setLogger(logger, { logLevel: Math.max(level, DiagLogLevel.ERROR), suppressOverrideMessage: true });
+  // The rest is filtered above: the API's filter lets every error through.
+  setDiagLogger(logger, level);
   return failed;
 }

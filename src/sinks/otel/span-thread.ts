@@ -5,12 +5,12 @@
  * as `ReadableSpan`s. Diagnostics go back to the main thread, which counts and logs them.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { diag, DiagLogLevel, type DiagLogger } from '@opentelemetry/api';
+import type { DiagLogger } from '@opentelemetry/api';
 import { core, resources, type tracing } from '@opentelemetry/sdk-node';
 // Not in sdk-node's index, but the function sdk-node itself calls for OTEL_TRACES_EXPORTER: the
 // same exporter and OTEL_BSP_* reading as when the SDK runs on the main thread (pinned 0.223.x).
 import { getSpanProcessorsFromEnv } from '@opentelemetry/sdk-node/build/src/utils.js';
-import { diagText } from './diag.js';
+import { diagLevel, diagText, setDiagLogger } from './diag.js';
 import { decodeSpan, type FromSpanThread, type ToSpanThread, type WireResource } from './span-wire.js';
 
 if (!parentPort) throw new Error('span-thread.ts runs as a worker thread of the OpenTelemetry sink');
@@ -29,8 +29,7 @@ const logger: DiagLogger = {
   debug: forward('debug'),
   verbose: forward('verbose'),
 };
-const level = core.diagLogLevelFromString(logLevel) ?? DiagLogLevel.WARN;
-diag.setLogger(logger, { logLevel: Math.max(level, DiagLogLevel.ERROR), suppressOverrideMessage: true });
+setDiagLogger(logger, diagLevel(logLevel));
 
 const processors: tracing.SpanProcessor[] = getSpanProcessorsFromEnv(undefined);
 
