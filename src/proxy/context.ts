@@ -5,6 +5,7 @@
 import http, { type IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import https from 'node:https';
+import type { Dispatcher } from 'undici';
 import type { Settings, UpstreamSettings } from '../config/types.js';
 import type { Logger } from '../log.js';
 import type { Meter } from '../meter/types.js';
@@ -161,7 +162,10 @@ export interface ProxyContext {
   health: HealthCounters;
   inflight: Inflight<InflightMember>;
   bodyRoom: BodyRoom;
+  /** node:http keep-alive agents: WebSocket upgrades only (websocket.ts). */
   agentFor(upstream: UpstreamSettings): http.Agent;
+  /** undici connection pools: every HTTP exchange (upstream-call.ts). */
+  poolFor(upstream: UpstreamSettings): Dispatcher;
 }
 
 /** Pooled upstream sockets idle this long are closed (Node servers close theirs at 5 s). */

@@ -8,19 +8,14 @@
  * Traffic first: bytes are written to the client before the meter sees its copy, nothing on the
  * response path awaits metering, and a failure of any metering step never reaches the client.
  */
-import http, { type IncomingMessage, type ServerResponse } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { UpstreamSettings } from '../config/types.js';
 import { inspectRequest } from '../meter/inspect.js';
 import type { MeterOutcome, RequestInfo, RequestMeter } from '../meter/types.js';
 import { joinUpstreamPath } from './path-join.js';
 import type { ProxyContext } from './context.js';
-import {
-  endpointError,
-  forwardableHeaders,
-  forwardableReason,
-  openUpstreamRequest,
-  unreachableMessage,
-} from './http-util.js';
+import { endpointError, forwardableHeaders, forwardableReason, unreachableMessage } from './http-util.js';
+import { UpstreamRequest, type UpstreamRequestSpec, type UpstreamResponse } from './upstream-call.js';
 import {
   canRecode,
   EncodedUsageChunkStripper,
@@ -57,7 +52,7 @@ export class Exchange {
 
   private meter: RequestMeter | undefined;
   private upstream!: UpstreamSettings;
-  private upReq: http.ClientRequest | undefined;
+  private upReq: UpstreamRequest | undefined;
   private idleTimer: NodeJS.Timeout | undefined;
   private bytesToClient = false;
   /** The whole request reached the upstream's socket: a generation may be billed from here on. */
@@ -292,75 +287,98 @@ export class Exchange {
     attempt = 0,
   ): void {
     const upstream = this.upstream;
-    let r: http.ClientRequest;
-    try {
-      r = openUpstreamRequest(upstream, this.ctx.agentFor(upstream), method, targetPath, headers, {
-        timeoutMs: upstream.connectTimeoutMs,
-        onTimeout: () => this.onTimeout('connect'),
-      });
-    } catch (err) {
-      // A synchronous failure building the upstream request (e.g. an invalid configured header
-      // value) must still answer the client and end with a record.
-      const message = `cannot send to upstream ${upstream.name}: ${(err as Error).message}`;
-      this.fail(502, 'upstream_error', message);
-      this.end({ kind: 'network', message });
-      return;
-    }
-    this.upReq = r;
-    // The upstream idle timer starts once the whole request is on the wire: a slow upload is the
-    // client's time, not the upstream's (§3.1).
-    r.on('finish', () => {
-      this.sent = true;
-      if (this.state === 'forwarding' && !this.upResStarted) this.armIdle();
-    });
-    r.on('error', (err: NodeJS.ErrnoException) => {
-      if (this.state === 'ended' || this.upResStarted) return; // after the head: the response's close reports it
-      this.clearTimers();
-      // A pooled keep-alive socket the upstream closed just as we reused it. Only idempotent
-      // requests without a body are re-sent: a POST may have reached the upstream and started a
-      // generation, and re-sending it would bill twice for one record (§3.1).
-      if (
-        r.reusedSocket &&
-        attempt === 0 &&
-        RETRYABLE_METHODS.has(method) &&
-        body.bytes === 0 &&
-        !body.streamRest &&
-        (err.code === 'ECONNRESET' || err.code === 'EPIPE')
-      ) {
-        this.send(method, targetPath, headers, body, outBody, strip, 1);
-        return;
-      }
-      this.ctx.log.warn('upstream unreachable', { upstream: upstream.name, code: err.code ?? 'error' });
-      this.fail(502, 'upstream_unreachable', unreachableMessage(upstream, err));
-      this.end({ kind: 'network', message: err.code ?? err.message, reachedUpstream: this.sent });
-    });
-    r.on('close', () => {
-      // Node ends a request without 'response' or 'error' in one case: a 101 Switching Protocols
-      // to a request that asked for no upgrade (it destroys the socket). Whatever else might end
-      // it that way lands here too: an answer and a record now, never a wait for the idle timer.
-      if (this.state === 'ended' || this.upResStarted || this.upReq !== r) return;
-      this.upstreamFault(
-        // `res` is set (untyped) once a head was parsed, the 101's included.
-        (r as http.ClientRequest & { res?: IncomingMessage }).res?.statusCode === 101
-          ? 'upstream answered 101 Switching Protocols to a request that asked for no upgrade'
-          : 'upstream closed the connection without a response',
-      );
-    });
-    r.on('response', (upRes: IncomingMessage) => {
-      try {
-        this.onResponse(upRes, strip);
-      } catch (err) {
-        this.crash(err);
-      }
-    });
-    if (body.streamRest) {
-      for (const c of body.chunks) r.write(c);
-      this.req.pipe(r);
-      this.req.resume();
-    } else r.end(outBody);
+    let requestBody: UpstreamRequestSpec['body'] = outBody ?? null;
+    if (body.streamRest) requestBody = streamedBody(body.chunks, this.req);
+    // undici reports a request it refuses (an invalid configured header value) through onError
+    // before the constructor returns; `upReq` is set only after, so the check below tells them apart.
+    let dispatched = false;
+    const r: UpstreamRequest = new UpstreamRequest(
+      this.ctx.poolFor(upstream),
+      { method, path: targetPath, headers, body: requestBody },
+      {
+        // The upstream idle timer starts once the whole request is on the wire: a slow upload is
+        // the client's time, not the upstream's (§3.1).
+        onSent: () => {
+          this.sent = true;
+          if (this.state === 'forwarding' && !this.upResStarted) this.armIdle();
+        },
+        onResponse: (upRes) => {
+          try {
+            this.onResponse(upRes, strip);
+          } catch (err) {
+            this.crash(err);
+          }
+        },
+        onError: (err) => {
+          if (this.state === 'ended' || this.upResStarted) return;
+          if (!dispatched) {
+            // A failure building the upstream request must still answer the client and end
+            // with a record.
+            const message = `cannot send to upstream ${upstream.name}: ${err.message}`;
+            this.fail(502, 'upstream_error', message);
+            this.end({ kind: 'network', message });
+            return;
+          }
+          this.onRequestError(r, err, method, targetPath, headers, body, outBody, strip, attempt);
+        },
+      },
+    );
+    dispatched = true;
+    if (this.state !== 'ended') this.upReq = r;
+    else r.destroy();
   }
 
-  private onResponse(upRes: IncomingMessage, injected: boolean): void {
+  /** The upstream request failed before any response head. */
+  private onRequestError(
+    r: UpstreamRequest,
+    err: NodeJS.ErrnoException,
+    method: string,
+    targetPath: string,
+    headers: string[],
+    body: RequestBody,
+    outBody: Buffer | undefined,
+    strip: boolean,
+    attempt: number,
+  ): void {
+    if (this.upReq !== r) return;
+    const upstream = this.upstream;
+    this.clearTimers();
+    const code = err.code ?? '';
+    if (code === 'UND_ERR_CONNECT_TIMEOUT') {
+      this.onTimeout('connect');
+      return;
+    }
+    if (code === 'UND_ERR_SOCKET' && /bad upgrade/.test(err.message)) {
+      // Node ended such a request without 'response' or 'error'; undici names it.
+      this.upstreamFault('upstream answered 101 Switching Protocols to a request that asked for no upgrade');
+      return;
+    }
+    if (code === 'UND_ERR_SOCKET' && /bad response/.test(err.message)) {
+      this.upstreamFault('status 100 as the final response (1xx without an upgrade)');
+      return;
+    }
+    if (
+      (code === 'UND_ERR_SOCKET' || code === 'ECONNRESET' || code === 'EPIPE') &&
+      attempt === 0 &&
+      RETRYABLE_METHODS.has(method) &&
+      body.bytes === 0 &&
+      !body.streamRest
+    ) {
+      // The connection closed before any answer: most likely a pooled keep-alive connection the
+      // upstream closed just as it was reused. Only idempotent requests without a body are re-sent:
+      // a POST may have reached the upstream and started a generation, and re-sending it would
+      // bill twice for one record (§3.1).
+      this.sent = false;
+      this.send(method, targetPath, headers, body, outBody, strip, 1);
+      return;
+    }
+    const shown = networkCode(code);
+    this.ctx.log.warn('upstream unreachable', { upstream: upstream.name, code: shown });
+    this.fail(502, 'upstream_unreachable', unreachableMessage(upstream, { ...err, code: shown }));
+    this.end({ kind: 'network', message: shown, reachedUpstream: this.sent });
+  }
+
+  private onResponse(upRes: UpstreamResponse, injected: boolean): void {
     if (this.state === 'ended') {
       upRes.destroy();
       return;
@@ -502,7 +520,7 @@ export class Exchange {
    * is caught. A refused head is an `upstreamFault`. Returns false when the response cannot be
    * forwarded.
    */
-  private writeHeadFrom(upRes: IncomingMessage, status: number, headers: string[]): boolean {
+  private writeHeadFrom(upRes: UpstreamResponse, status: number, headers: string[]): boolean {
     const { res } = this;
     let error: Error;
     if (status >= 100 && status < 200) {
@@ -677,4 +695,20 @@ function bufferBody(req: IncomingMessage, cap: number): Promise<RequestBody | un
     req.on('error', onGone);
     req.on('close', onClose);
   });
+}
+
+/** The request body when it is not buffered whole: what was read, then the rest as it arrives. */
+async function* streamedBody(head: Buffer[], rest: IncomingMessage): AsyncGenerator<Buffer> {
+  for (const c of head) yield c;
+  for await (const c of rest) yield c as Buffer;
+}
+
+/**
+ * The code a failed upstream request is reported with (log, 502 body, record): the system's
+ * (ECONNREFUSED, ENOTFOUND, …) or the parser's (HPE_*); undici's "other side closed" is the
+ * connection reset it is.
+ */
+function networkCode(code: string): string {
+  if (code === 'UND_ERR_SOCKET') return 'ECONNRESET';
+  return code === '' ? 'error' : code;
 }

@@ -1,6 +1,7 @@
 /**
- * HTTP helpers the proxy's HTTP exchange and WebSocket session share: opening the upstream request,
- * hop-by-hop filtering and endpoint-shaped error bodies.
+ * HTTP helpers the proxy's HTTP exchange and WebSocket session share: hop-by-hop filtering,
+ * reason phrases and endpoint-shaped error bodies; and the WebSocket upgrade's upstream request
+ * through node:http (HTTP exchanges use undici's pool: upstream-call.ts).
  */
 import http from 'node:http';
 import https from 'node:https';

@@ -12,6 +12,7 @@ import type { Settings } from '../config/types.js';
 import type { Logger } from '../log.js';
 import type { Meter } from '../meter/types.js';
 import { NOOP_HEALTH, type HealthCounters } from '../sinks/types.js';
+import { createPools } from './upstream-call.js';
 import { BodyRoom, createAgents, Inflight, type InflightMember, type ProxyContext } from './context.js';
 import { Exchange } from './exchange.js';
 import { originForm } from './path-join.js';
@@ -114,6 +115,7 @@ function serveIgnoringUpgrade(server: http.Server, req: IncomingMessage, socket:
 export function createProxyServer(opts: ProxyServerOptions): ProxyServer {
   const { settings, meter, log, admin } = opts;
   const agents = createAgents();
+  const pools = createPools();
   const health = opts.health ?? NOOP_HEALTH;
   const inflight = new Inflight<InflightMember>();
   const ctx: ProxyContext = {
@@ -133,6 +135,7 @@ export function createProxyServer(opts: ProxyServerOptions): ProxyServer {
       );
     }),
     agentFor: agents.agentFor,
+    poolFor: pools.poolFor,
   };
   const sockets = new Set<Socket>();
 
@@ -278,6 +281,7 @@ export function createProxyServer(opts: ProxyServerOptions): ProxyServer {
       await inflight.idle(1000);
       await closed;
       agents.destroy();
+      await pools.destroy();
     },
   };
 }
