@@ -1,9 +1,10 @@
 /**
- * The upstream keep-alive pool (docs/proxy.md, "Upstream agents"): pooled sockets are closed
- * before the upstream would close them (after the free-socket timeout, or 1 s before the
- * upstream's own `Keep-Alive: timeout=N`), and a socket carries no timer while it is used or
- * pooled (issue 11: the per-socket timer cost every request two `setTimeout` calls, a `timeout`
- * listener and a timer refresh per read and write).
+ * The node:http keep-alive agents that WebSocket upgrades use (docs/proxy.md, "Upstream
+ * connections"; HTTP exchanges use undici's pool, test/proxy/upstream-pool.test.ts): pooled
+ * sockets are closed before the upstream would close them (after the free-socket timeout, or 1 s
+ * before the upstream's own `Keep-Alive: timeout=N`), and a socket carries no timer while it is
+ * used or pooled (issue 11: the per-socket timer cost every request two `setTimeout` calls, a
+ * `timeout` listener and a timer refresh per read and write).
  */
 import http from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
