@@ -225,6 +225,20 @@ describe('the upstream pool', () => {
     expect(up.closedAfter[0]!).toBeLessThan(2000);
   });
 
+  it('retires a connection after its time to live: the next request connects again', async () => {
+    const up = await closingUpstream();
+    const pools = createPools({ clientTtlMs: 300 });
+    cleanups.push(() => pools.destroy());
+    const pool = pools.poolFor(upstreamSettings('default', `${up.url}/v1`));
+    expect(await getVia(pool, up.url)).toBe(200);
+    await new Promise((r) => setTimeout(r, 50));
+    expect(await getVia(pool, up.url)).toBe(200);
+    expect(up.connections).toBe(1); // within its time to live: reused
+    await new Promise((r) => setTimeout(r, 400));
+    expect(await getVia(pool, up.url)).toBe(200);
+    expect(up.connections).toBe(2); // past it (and well within the 4 s idle limit): a new connection
+  });
+
   it('never reuses a connection whose upstream announces a keep-alive of 1 s or less', async () => {
     const up = await closingUpstream('timeout=1');
     const pools = createPools();
