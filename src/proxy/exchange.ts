@@ -34,6 +34,18 @@ export type ExchangeState = 'receiving' | 'rejected' | 'forwarding' | 'respondin
 /** Methods that may be re-sent on a stale pooled socket (RFC 9110 §9.2.2). POST never is. */
 const RETRYABLE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS']);
 
+/** What is sent upstream for one exchange (again, for a single re-send after a reset). */
+interface Outgoing {
+  method: string;
+  targetPath: string;
+  headers: string[];
+  body: RequestBody;
+  /** The whole body to send (rewritten when usage was injected); unset when it is streamed. */
+  outBody: Buffer | undefined;
+  /** Remove the injected usage chunk from the response. */
+  strip: boolean;
+}
+
 interface RequestBody {
   chunks: Buffer[];
   bytes: number;
@@ -138,7 +150,7 @@ export class Exchange {
       this.upReq?.destroy();
       this.end({ kind: 'client_abort', reachedUpstream: this.sent });
     });
-    this.send(method, targetPath, headers, body, outBody, injected && info.stream);
+    this.send({ method, targetPath, headers, body, outBody, strip: injected && info.stream });
     this.overheadMs += performance.now() - t0;
   }
 
@@ -277,24 +289,18 @@ export class Exchange {
     return finalHeaders;
   }
 
-  private send(
-    method: string,
-    targetPath: string,
-    headers: string[],
-    body: RequestBody,
-    outBody: Buffer | undefined,
-    strip: boolean,
-    attempt = 0,
-  ): void {
+  private send(out: Outgoing, attempt = 0): void {
     const upstream = this.upstream;
-    let requestBody: UpstreamRequestSpec['body'] = outBody ?? null;
-    if (body.streamRest) requestBody = streamedBody(body.chunks, this.req);
+    const { method, body } = out;
+    const requestBody: UpstreamRequestSpec['body'] = body.streamRest
+      ? streamedBody(body.chunks, this.req)
+      : (out.outBody ?? null);
     // undici reports a request it refuses (an invalid configured header value) through onError
-    // before the constructor returns; `upReq` is set only after, so the check below tells them apart.
+    // before the constructor returns: `dispatched` tells that apart from a later failure.
     let dispatched = false;
     const r: UpstreamRequest = new UpstreamRequest(
       this.ctx.poolFor(upstream),
-      { method, path: targetPath, headers, body: requestBody },
+      { method, path: out.targetPath, headers: out.headers, body: requestBody },
       {
         // The upstream idle timer starts once the whole request is on the wire: a slow upload is
         // the client's time, not the upstream's (§3.1).
@@ -304,7 +310,7 @@ export class Exchange {
         },
         onResponse: (upRes) => {
           try {
-            this.onResponse(upRes, strip);
+            this.onResponse(upRes, out.strip);
           } catch (err) {
             this.crash(err);
           }
@@ -319,7 +325,7 @@ export class Exchange {
             this.end({ kind: 'network', message });
             return;
           }
-          this.onRequestError(r, err, method, targetPath, headers, body, outBody, strip, attempt);
+          this.onRequestError(r, err, out, attempt);
         },
       },
     );
@@ -332,12 +338,7 @@ export class Exchange {
   private onRequestError(
     r: UpstreamRequest,
     err: NodeJS.ErrnoException,
-    method: string,
-    targetPath: string,
-    headers: string[],
-    body: RequestBody,
-    outBody: Buffer | undefined,
-    strip: boolean,
+    out: Outgoing,
     attempt: number,
   ): void {
     if (this.upReq !== r) return;
@@ -354,22 +355,24 @@ export class Exchange {
       return;
     }
     if (code === 'UND_ERR_SOCKET' && /bad response/.test(err.message)) {
-      this.upstreamFault('status 100 as the final response (1xx without an upgrade)');
+      // A `100 Continue` the request did not ask for (tokenmeter never forwards `Expect`): undici
+      // closes the connection on it, where node:http's client skipped it (docs/proxy.md).
+      this.upstreamFault('upstream sent 100 Continue to a request that did not expect it');
       return;
     }
     if (
       (code === 'UND_ERR_SOCKET' || code === 'ECONNRESET' || code === 'EPIPE') &&
       attempt === 0 &&
-      RETRYABLE_METHODS.has(method) &&
-      body.bytes === 0 &&
-      !body.streamRest
+      RETRYABLE_METHODS.has(out.method) &&
+      out.body.bytes === 0 &&
+      !out.body.streamRest
     ) {
       // The connection closed before any answer: most likely a pooled keep-alive connection the
       // upstream closed just as it was reused. Only idempotent requests without a body are re-sent:
       // a POST may have reached the upstream and started a generation, and re-sending it would
       // bill twice for one record (§3.1).
       this.sent = false;
-      this.send(method, targetPath, headers, body, outBody, strip, 1);
+      this.send(out, 1);
       return;
     }
     const shown = networkCode(code);

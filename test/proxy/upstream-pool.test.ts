@@ -111,6 +111,28 @@ describe('the response head as node:http gave it', () => {
     expect(meter.requests[0]!.head!.status).toBe(200);
   });
 
+  it('an unsolicited 100 Continue: 502 upstream_error naming it, and the record says so', async () => {
+    const server = net.createServer((socket) => {
+      socket.on('error', () => {});
+      socket.once('data', () =>
+        socket.end(
+          'HTTP/1.1 100 Continue\r\n\r\n' +
+            'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}',
+        ),
+      );
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    cleanups.push(() => new Promise<void>((r) => server.close(() => r())));
+    const { base, meter } = await startProxy(`http://127.0.0.1:${(server.address() as AddressInfo).port}/v1`);
+    const r = await request(`${base}/v1/chat/completions`, { method: 'POST', body: '{"model":"m"}' });
+    expect(r.status).toBe(502);
+    const body = JSON.parse(r.body.toString()) as { error: { type: string; message: string } };
+    expect(body.error.type).toBe('upstream_error');
+    expect(body.error.message).toContain('100 Continue');
+    await Promise.all(meter.requests.map((q) => q.finished));
+    expect(meter.requests[0]!.outcomes[0]).toMatchObject({ kind: 'upstream_reset', reachedUpstream: true });
+  });
+
   it('keeps raw header case, order and repeats; the meter gets the lower-cased object node:http builds', async () => {
     const up = await countingUpstream((_n, _req, res) => {
       res.setHeader('X-Upper-Case', 'A');
