@@ -7,58 +7,12 @@
  * `timeout` listener and a timer refresh per read and write).
  */
 import http from 'node:http';
-import type { AddressInfo, Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createAgents } from '../../src/proxy/context.js';
 import type { UpstreamSettings } from '../../src/config/types.js';
 import { upstreamSettings } from './helpers.js';
-
-interface Upstream {
-  url: string;
-  /** Resolves with the ms between the connection's last response and its close by the client. */
-  closedAfter(): Promise<number>;
-  connections: number;
-  close(): Promise<void>;
-}
-
-/** An upstream that answers every request and records when the client closes the connection. */
-async function startUpstream(keepAliveHint?: string): Promise<Upstream> {
-  let lastResponseAt = 0;
-  let connections = 0;
-  const closes: Array<(ms: number) => void> = [];
-  const sockets = new Set<Socket>();
-  const server = http.createServer((_req, res) => {
-    const headers: http.OutgoingHttpHeaders = { 'content-type': 'application/json' };
-    if (keepAliveHint) headers['keep-alive'] = keepAliveHint;
-    res.writeHead(200, headers);
-    res.end('{"ok":true}', () => (lastResponseAt = performance.now()));
-  });
-  // The upstream itself never closes first within a test.
-  server.keepAliveTimeout = 60_000;
-  server.on('connection', (s: Socket) => {
-    connections++;
-    sockets.add(s);
-    s.on('close', () => {
-      sockets.delete(s);
-      const ms = performance.now() - lastResponseAt;
-      for (const f of closes.splice(0)) f(ms);
-    });
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const port = (server.address() as AddressInfo).port;
-  return {
-    url: `http://127.0.0.1:${port}`,
-    closedAfter: () => new Promise((r) => closes.push(r)),
-    get connections() {
-      return connections;
-    },
-    close: () =>
-      new Promise((r) => {
-        for (const s of sockets) s.destroy();
-        server.close(() => r());
-      }),
-  };
-}
+import { startKeepAliveUpstream, type KeepAliveUpstream } from './http-helpers.js';
 
 function get(agent: http.Agent, url: string): Promise<{ status: number; socket: Socket }> {
   return new Promise((resolve, reject) => {
@@ -70,20 +24,19 @@ function get(agent: http.Agent, url: string): Promise<{ status: number; socket: 
   });
 }
 
-const cleanups: Array<() => unknown> = [];
+const cleanups: Array<() => Promise<void>> = [];
 afterEach(async () => {
   for (const f of cleanups.splice(0).reverse()) await f();
 });
 
 async function setup(
   opts: { hint?: string; freeSocketTimeoutMs?: number } = {},
-): Promise<{ up: Upstream; agent: http.Agent; settings: UpstreamSettings }> {
-  const up = await startUpstream(opts.hint);
-  cleanups.push(() => up.close());
+): Promise<{ up: KeepAliveUpstream; agent: http.Agent; settings: UpstreamSettings }> {
+  const up = await startKeepAliveUpstream(cleanups, opts.hint);
   const agents = createAgents(
     opts.freeSocketTimeoutMs === undefined ? {} : { freeSocketTimeoutMs: opts.freeSocketTimeoutMs },
   );
-  cleanups.push(() => agents.destroy());
+  cleanups.push(async () => agents.destroy());
   const settings = upstreamSettings('default', `${up.url}/v1`);
   return { up, agent: agents.agentFor(settings), settings };
 }

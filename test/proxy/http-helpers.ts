@@ -1,6 +1,6 @@
 /** Real HTTP servers and a raw client for the proxy tests (127.0.0.1 only). */
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
-import net, { type AddressInfo } from 'node:net';
+import net, { type AddressInfo, type Socket } from 'node:net';
 
 export type Handler = (req: IncomingMessage, res: ServerResponse, body: Buffer) => void;
 
@@ -105,4 +105,60 @@ export function rawExchange(port: number, raw: string): Promise<string> {
     socket.on('close', () => resolve(Buffer.concat(chunks).toString('latin1')));
     socket.write(raw);
   });
+}
+
+export interface KeepAliveUpstream {
+  url: string;
+  /** Resolves with the ms between the connection's last response and its close by the client. */
+  closedAfter(): Promise<number>;
+  /** Connections accepted so far. */
+  connections: number;
+  close(): Promise<void>;
+}
+
+/**
+ * An upstream that answers every request at once (with `Keep-Alive: <hint>` when given), never
+ * closes a connection first, and records when the client closes one: for the keep-alive pools'
+ * tests (agents.test.ts, upstream-pool.test.ts). Closed by `cleanups`.
+ */
+export async function startKeepAliveUpstream(
+  cleanups: Array<() => Promise<void>>,
+  keepAliveHint?: string,
+): Promise<KeepAliveUpstream> {
+  let lastResponseAt = 0;
+  let connections = 0;
+  const closes: Array<(ms: number) => void> = [];
+  const sockets = new Set<Socket>();
+  const server = http.createServer((_req, res) => {
+    const headers: http.OutgoingHttpHeaders = { 'content-type': 'application/json' };
+    if (keepAliveHint) headers['keep-alive'] = keepAliveHint;
+    res.writeHead(200, headers);
+    res.end('{"ok":true}', () => (lastResponseAt = performance.now()));
+  });
+  // The upstream itself never closes first within a test.
+  server.keepAliveTimeout = 60_000;
+  server.on('connection', (s: Socket) => {
+    connections++;
+    sockets.add(s);
+    s.on('close', () => {
+      sockets.delete(s);
+      const ms = performance.now() - lastResponseAt;
+      for (const f of closes.splice(0)) f(ms);
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const up: KeepAliveUpstream = {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    closedAfter: () => new Promise((r) => closes.push(r)),
+    get connections() {
+      return connections;
+    },
+    close: () =>
+      new Promise((r) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => r());
+      }),
+  };
+  cleanups.push(up.close);
+  return up;
 }
