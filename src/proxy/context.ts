@@ -168,8 +168,13 @@ export interface ProxyContext {
   poolFor(upstream: UpstreamSettings): Dispatcher;
 }
 
-/** Pooled upstream sockets idle this long are closed (Node servers close theirs at 5 s). */
-const DEFAULT_FREE_SOCKET_TIMEOUT_MS = 4000;
+/**
+ * Pooled upstream sockets idle this long are closed (Node servers close theirs at 5 s): the
+ * WebSocket agents here and the HTTP exchange's pools (upstream-call.ts).
+ */
+export const DEFAULT_FREE_SOCKET_TIMEOUT_MS = 4000;
+/** Taken off the upstream's `Keep-Alive: timeout=N` hint; a hint of 1 s or less means no reuse. */
+export const KEEP_ALIVE_HINT_MARGIN_MS = 1000;
 /** How often the pool is swept; a socket's deadline is this much early, so it is never closed late. */
 const SWEEP_MS = 250;
 /** When a pooled socket must be closed (performance.now() ms); set each time it enters the pool. */
@@ -243,7 +248,7 @@ function keepSocketAlive(socket: PooledSocket, idleMs: number): boolean {
   const hint = socket._httpMessage?.res?.headers['keep-alive'];
   const seconds = typeof hint === 'string' ? /^timeout=(\d+)/.exec(hint)?.[1] : undefined;
   if (seconds !== undefined) {
-    const byHint = Number(seconds) * 1000 - 1000;
+    const byHint = Number(seconds) * 1000 - KEEP_ALIVE_HINT_MARGIN_MS;
     if (byHint <= 0) return false;
     ms = Math.min(ms, byHint);
   }

@@ -378,7 +378,7 @@ export class Exchange {
     const shown = networkCode(code);
     this.ctx.log.warn('upstream unreachable', { upstream: upstream.name, code: shown });
     this.fail(502, 'upstream_unreachable', unreachableMessage(upstream, { ...err, code: shown }));
-    this.end({ kind: 'network', message: shown, reachedUpstream: this.sent });
+    this.end({ kind: 'network', message: code === '' ? err.message : shown, reachedUpstream: this.sent });
   }
 
   private onResponse(upRes: UpstreamResponse, injected: boolean): void {

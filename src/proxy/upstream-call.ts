@@ -15,16 +15,13 @@ import type { IncomingHttpHeaders } from 'node:http';
 import type { Readable } from 'node:stream';
 import { Pool, type Dispatcher } from 'undici';
 import type { UpstreamSettings } from '../config/types.js';
+import { DEFAULT_FREE_SOCKET_TIMEOUT_MS, KEEP_ALIVE_HINT_MARGIN_MS } from './context.js';
 
-/** Pooled upstream connections idle this long are closed (Node servers close theirs at 5 s). */
-const DEFAULT_FREE_SOCKET_TIMEOUT_MS = 4000;
 /**
  * A connection is retired (closed once its requests are done) this long after it connected, so a
  * busy upstream's connections follow its DNS and load balancer within a minute.
  */
 const CLIENT_TTL_MS = 60_000;
-/** Taken off the upstream's `Keep-Alive: timeout=N` hint; a hint of 1 s or less means no reuse. */
-const KEEP_ALIVE_HINT_MARGIN_MS = 1000;
 
 /**
  * One keep-alive pool per upstream. A pooled connection is closed before the upstream would close
@@ -184,13 +181,13 @@ export class UpstreamRequest implements Dispatcher.DispatchHandler {
   ) {
     pool.dispatch(
       {
-        origin: undefined,
         method: spec.method as Dispatcher.HttpMethod,
         path: spec.path,
         headers: spec.headers,
         body: spec.body,
         // One answer per request, never re-sent by the pool (a POST may have started a generation).
         reset: false,
+        // undici takes an async iterable body (a streamed upload), which its types do not list.
       } as Dispatcher.DispatchOptions,
       this,
     );
