@@ -4,12 +4,14 @@
  * nothing queued is lost on the way. Real SQLite files in a temp dir, real worker threads.
  */
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { getPriority } from 'node:os';
 import { openSqlite } from '../../src/sinks/audit/sqlite.js';
 import { beforeEach, describe, expect, it } from 'vitest';
 import { AuditWriter } from '../../src/sinks/audit/audit-writer.js';
 import { openWriterConnection } from '../../src/sinks/audit/connection.js';
 import { auditTestHooks, recordToRow, rowValue, type AuditSink } from '../../src/sinks/audit/index.js';
+import { LOW_PRIORITY_NICE } from '../../src/thread-priority.js';
 import { fullRecord, recordingHealth, type TempDir } from './records.js';
 import { eventually, logLines, storedIdsAt, useAuditLogs } from './harness.js';
 
@@ -207,6 +209,96 @@ describe('a writer thread that dies', () => {
     expect(fallback).toHaveLength(1);
     expect(String(fallback[0]!['error'])).toContain('no writer here');
   });
+});
+
+/** Threads of this process at each nice value, from /proc (Linux). */
+function threadsAtNice(nice: number): number {
+  let n = 0;
+  for (const tid of readdirSync('/proc/self/task')) {
+    try {
+      // Fields after the command name (which may hold spaces): state is field 3, nice field 19.
+      const stat = readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      if (Number(fields[16]) === nice) n++;
+    } catch {
+      // The thread ended while listing.
+    }
+  }
+  return n;
+}
+
+const serveMarker = (path: string): unknown => {
+  const db = openSqlite(path, { readonly: true });
+  try {
+    return db.prepare(`SELECT value FROM meta WHERE key = 'serve_running'`).get();
+  } finally {
+    db.close();
+  }
+};
+
+const linux = process.platform === 'linux' && existsSync('/proc/thread-self');
+if (!linux) console.log('writer thread priority tests skipped: they need Linux /proc/thread-self');
+
+describe.skipIf(!linux)('writer thread priority (Linux)', () => {
+  it('the writer thread runs at the lowest CPU priority; the event loop thread keeps its own', async () => {
+    const before = threadsAtNice(LOW_PRIORITY_NICE);
+    const audit = openLog();
+    await eventually(() => expect(auditTestHooks.writerThread(audit)!.lowPriority).toBe(true));
+    expect(threadsAtNice(LOW_PRIORITY_NICE)).toBe(before + 1);
+    expect(getPriority()).toBe(0);
+    const records = Array.from({ length: 20 }, () => fullRecord());
+    for (const r of records) audit.write(r);
+    await audit.close();
+    expect(storedIds()).toEqual(ids(records));
+    await eventually(() => expect(threadsAtNice(LOW_PRIORITY_NICE)).toBe(before));
+  });
+
+  it.each([
+    ['idle', false],
+    ['with a job in flight', true],
+  ])(
+    'a writer fallen half a queue behind (%s) is replaced by one at normal priority; nothing lost, marker kept',
+    async (_, busy) => {
+      const before = threadsAtNice(LOW_PRIORITY_NICE);
+      const health = recordingHealth();
+      const { lines, log } = logLines();
+      const path = tmp.file('audit.db');
+      const audit = openLog({ health, log, queueSize: 40, batchSize: 5 });
+      const first = auditTestHooks.writerThread(audit)!;
+      await eventually(() => expect(first.lowPriority).toBe(true));
+      const records = Array.from({ length: 30 }, () => fullRecord());
+      let flushed: Promise<void> | undefined;
+      if (busy) {
+        for (const r of records.slice(0, 5)) audit.write(r);
+        flushed = audit.flush(); // its job is in flight while the queue grows
+      }
+      for (const r of records.slice(busy ? 5 : 0)) audit.write(r); // 20 queued: half of 40
+      await flushed;
+      await audit.flush();
+      expect(storedIds()).toEqual(ids(records));
+      expect(health.dropped).toBe(0);
+      const second = auditTestHooks.writerThread(audit)!;
+      expect(second).not.toBe(first);
+      await eventually(() => expect(second.lowPriority).toBe(false));
+      await eventually(() => expect(threadsAtNice(LOW_PRIORITY_NICE)).toBe(before));
+      const warned = lines.filter(
+        (l) =>
+          l['msg'] === 'audit writer fell behind at low CPU priority; it runs at normal priority from now on',
+      );
+      expect(warned).toHaveLength(1);
+      expect(warned[0]!['level']).toBe('warn');
+      // Not a crash: nothing counted as an internal error, and the serve marker stays set.
+      expect(health.internal).not.toContain('audit');
+      expect(serveMarker(path)).toBeDefined();
+      // It stays at normal priority: another backlog replaces nothing.
+      for (const r of Array.from({ length: 25 }, () => fullRecord())) audit.write(r);
+      await audit.flush();
+      expect(auditTestHooks.writerThread(audit)).toBe(second);
+      await audit.close();
+      expect(serveMarker(path)).toBeUndefined();
+      expect(storedIds()).toHaveLength(55);
+    },
+  );
 });
 
 describe('close() with the writer thread', () => {

@@ -27,6 +27,11 @@ export interface WriterSetup {
    * first, so the main thread closes its handle before anything new is opened there.
    */
   expectFile?: string;
+  /**
+   * The writer thread lowers its own CPU priority (docs/audit.md, "Writer thread priority"): its
+   * commits then yield the cores at once to the proxy's requests. Unset on the main thread.
+   */
+  lowPriority?: boolean;
 }
 
 /** A captured body as queued: the bytes (already capped) and the original lengths. */
@@ -210,14 +215,17 @@ export class AuditWriter {
     this.conn.db.exec(sql);
   }
 
-  /** Clears our marker (when the file is still ours) and closes; never throws. */
-  close(): { markerCleared: boolean; error?: string } {
+  /**
+   * Clears our marker (when the file is still ours) and closes; never throws. `keepMarker`: a
+   * writer handing over to another one (which keeps serving) leaves the marker set.
+   */
+  close(keepMarker = false): { markerCleared: boolean; error?: string } {
     const conn = this.conn;
     if (!conn) return { markerCleared: this.setup.markerValue === undefined };
     this.conn = undefined;
     this.state = 'lost';
     let markerCleared = this.setup.markerValue === undefined;
-    if (!markerCleared && !conn.detached()) {
+    if (!markerCleared && !keepMarker && !conn.detached()) {
       try {
         clearServeMarker(conn.db, this.setup.markerValue!);
         markerCleared = true;

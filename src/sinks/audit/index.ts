@@ -216,6 +216,17 @@ class AuditLog implements AuditSink {
   private probeWanted = false;
   private pendingPrune: number | undefined;
   private restarts = 0;
+  /**
+   * New writer threads start at low CPU priority until the queue reaches `promoteAt`: the writer
+   * fell behind (a machine saturated by other work), so it is replaced by one at normal priority
+   * for the rest of the process (docs/audit.md, "Writer thread priority").
+   */
+  private lowPriorityWriter = true;
+  private readonly promoteAt: number;
+  /** The replacement waits for the job in flight, which the old thread finishes. */
+  private promotionPending = false;
+  /** The replaced thread closing its connection: `close()` waits for it. */
+  private retired: Promise<unknown> = Promise.resolve();
   private backoffMs = 0;
   private retryAt = 0;
   private closing = false;
@@ -241,6 +252,7 @@ class AuditLog implements AuditSink {
     // Built here only to refuse an invalid pattern at startup; the writer redacts with its own.
     this.capturing = opts.captureBodies && createRedactor(opts.redactPatterns) !== undefined;
     this.queue = new RingQueue<Row>(Math.max(1, Math.floor(opts.queueSize)));
+    this.promoteAt = Math.max(1, Math.floor(this.queue.capacity / 2));
     const startedAt = this.now();
 
     // Opening and migrating happen at startup, on this thread: errors here (schema too new,
@@ -309,6 +321,7 @@ class AuditLog implements AuditSink {
       else this.dropped(1, 'queue_full');
     }
     this.reportDepth();
+    if (this.lowPriorityWriter && this.queue.length >= this.promoteAt) this.promoteWriter();
     if (this.now() >= this.retryAt) {
       if (this.queue.length >= this.batchSize) this.scheduleSoon();
       else if (this.groupCommit()) this.scheduleLinger();
@@ -440,7 +453,7 @@ class AuditLog implements AuditSink {
     this.reportDepth();
     for (const w of this.waiters.splice(0)) w.resolve();
     const remaining = Math.max(MIN_THREAD_CLOSE_MS, deadline - Date.now());
-    const { markerCleared } = await this.backend.close(remaining);
+    const [{ markerCleared }] = await Promise.all([this.backend.close(remaining), this.retired]);
     if (!markerCleared) this.clearMarkerFromReader();
     const error = this.reader?.close();
     if (error) this.log.once('audit:close', 'warn', 'audit log close failed', { error });
@@ -454,7 +467,7 @@ class AuditLog implements AuditSink {
   private startThread(): WriterBackend {
     try {
       return new WriterThread(
-        { ...this.setup },
+        { ...this.setup, lowPriority: this.lowPriorityWriter },
         (err) => this.onThreadGone(err),
         this.opts.writerThreadScript,
       );
@@ -469,6 +482,8 @@ class AuditLog implements AuditSink {
    */
   private onThreadGone(err: WriterThreadGone): void {
     if (this.closed) return;
+    // Its replacement below starts at normal priority if one was due.
+    this.promotionPending = false;
     this.health.internalError('audit');
     if (err.started && this.restarts < 1) {
       this.restarts++;
@@ -482,6 +497,29 @@ class AuditLog implements AuditSink {
       this.backend = this.fallBackToMain(err.message);
     }
     this.scheduleSoon();
+  }
+
+  /**
+   * The queue reached half its size behind a low-priority writer thread: from now on the writer
+   * runs at normal priority. An unprivileged thread cannot raise its own priority, so a new thread
+   * takes over (the old one finishes its job, closes its connection and leaves the serve marker).
+   */
+  private promoteWriter(): void {
+    this.lowPriorityWriter = false;
+    if (!(this.backend instanceof WriterThread) || this.backend.lowPriority === false) return;
+    this.log.warn('audit writer fell behind at low CPU priority; it runs at normal priority from now on', {
+      queued: this.queue.length,
+    });
+    if (this.inFlight) this.promotionPending = true;
+    else this.replaceWriterThread();
+  }
+
+  private replaceWriterThread(): void {
+    this.promotionPending = false;
+    const old = this.backend;
+    this.setup.expectFile = this.fileLost ? undefined : fileIdentity(this.opts.path);
+    this.backend = this.startThread();
+    this.retired = old.close(MIN_THREAD_CLOSE_MS, true);
   }
 
   private fallBackToMain(error: string): WriterBackend {
@@ -536,6 +574,7 @@ class AuditLog implements AuditSink {
   private onResult(f: InFlight, r: JobResult): void {
     if (this.inFlight !== f) return;
     this.inFlight = undefined;
+    if (this.promotionPending && !this.closing) this.replaceWriterThread();
     if (r.reopened) this.onReopened(r.reopened.otherSecret);
     let failed = false;
     const rec = r.records;

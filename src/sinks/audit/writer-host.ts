@@ -15,19 +15,23 @@ export interface WriterBackend {
   /** Resolves with the job's result; rejects with `WriterThreadGone` when the thread died meanwhile. */
   run(job: WriteJob): Promise<JobResult>;
   exec(sql: string): Promise<void>;
-  /** Clears the marker and closes the write connection; bounded by `timeoutMs` (then terminated). */
-  close(timeoutMs: number): Promise<{ markerCleared: boolean }>;
+  /**
+   * Clears the marker (unless `keepMarker`: another writer takes over) and closes the write
+   * connection; bounded by `timeoutMs` (then terminated).
+   */
+  close(timeoutMs: number, keepMarker?: boolean): Promise<{ markerCleared: boolean }>;
 }
 
 export type ToWriter =
   | { type: 'job'; seq: number; job: WriteJob }
   | { type: 'exec'; seq: number; sql: string }
-  | { type: 'close'; seq: number }
+  | { type: 'close'; seq: number; keepMarker?: boolean }
   /** Tests: the thread exits as if it crashed (between jobs, like a real crash would look here). */
   | { type: 'exit'; seq: number };
 
 export type FromWriter =
-  | { type: 'ready' }
+  /** `lowPriority`: the thread lowered its CPU priority (asked for, and on Linux). */
+  | { type: 'ready'; lowPriority: boolean }
   | { type: 'result'; seq: number; result: JobResult }
   | { type: 'exec'; seq: number; error?: string }
   | { type: 'closed'; seq: number; markerCleared: boolean; error?: string };
@@ -89,6 +93,8 @@ export class WriterThread implements WriterBackend {
   readonly where = 'thread';
   readonly worker: Worker;
   private ready = false;
+  /** Whether the thread runs at low CPU priority: undefined until it is ready. */
+  lowPriority: boolean | undefined;
   private closing = false;
   private gone = false;
   private seq = 0;
@@ -133,13 +139,13 @@ export class WriterThread implements WriterBackend {
     if (reply.type === 'exec' && reply.error !== undefined) throw new Error(reply.error);
   }
 
-  async close(timeoutMs: number): Promise<{ markerCleared: boolean }> {
+  async close(timeoutMs: number, keepMarker = false): Promise<{ markerCleared: boolean }> {
     let markerCleared = false;
     // From here an exit is expected: not a crash to report.
     this.closing = true;
     if (!this.gone) {
       try {
-        const reply = await this.call({ type: 'close', seq: 0 }, timeoutMs);
+        const reply = await this.call({ type: 'close', seq: 0, keepMarker }, timeoutMs);
         markerCleared = reply.type === 'closed' && reply.markerCleared;
       } catch {
         // Timed out or died: terminated below; the caller clears the marker itself.
@@ -183,6 +189,7 @@ export class WriterThread implements WriterBackend {
   private onMessage(msg: FromWriter): void {
     if (msg.type === 'ready') {
       this.ready = true;
+      this.lowPriority = msg.lowPriority;
       return;
     }
     this.pending.get(msg.seq)?.resolve(msg);

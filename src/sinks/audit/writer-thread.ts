@@ -4,12 +4,16 @@
  * request's `seq`; everything else (queue, retries, logging, counters) stays on the main thread.
  */
 import { parentPort, workerData } from 'node:worker_threads';
+import { lowerThisThreadPriority } from '../../thread-priority.js';
 import { AuditWriter, type WriterSetup } from './audit-writer.js';
 import type { FromWriter, ToWriter } from './writer-host.js';
 
 if (!parentPort) throw new Error('writer-thread.ts runs as a worker thread of the audit log');
 const port = parentPort;
-const writer = new AuditWriter(workerData as WriterSetup);
+const setup = workerData as WriterSetup;
+// Before the connection opens: SQLite's work is all on this thread.
+const lowPriority = setup.lowPriority === true && lowerThisThreadPriority();
+const writer = new AuditWriter(setup);
 const reply = (msg: FromWriter): void => port.postMessage(msg);
 
 port.on('message', (msg: ToWriter) => {
@@ -30,11 +34,11 @@ port.on('message', (msg: ToWriter) => {
       }
       return;
     case 'close':
-      reply({ type: 'closed', seq: msg.seq, ...writer.close() });
+      reply({ type: 'closed', seq: msg.seq, ...writer.close(msg.keepMarker) });
       port.close();
       return;
     case 'exit':
       process.exit(1);
   }
 });
-reply({ type: 'ready' });
+reply({ type: 'ready', lowPriority });
