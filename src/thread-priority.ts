@@ -10,6 +10,13 @@ import { setPriority } from 'node:os';
 export const LOW_PRIORITY_NICE = 19;
 
 /**
+ * A low-priority thread that has had work for this long without finishing it is starved (the
+ * machine's cores are busy with other work at normal priority): it is replaced by one at normal
+ * priority. Work normally takes milliseconds.
+ */
+export const STARVED_AFTER_MS = 1000;
+
+/**
  * The calling thread's Linux thread id, from `/proc/thread-self` (a link to `<pid>/task/<tid>`),
  * or undefined off Linux or where /proc is not mounted.
  */

@@ -4,7 +4,7 @@
  * nothing queued is lost on the way. Real SQLite files in a temp dir, real worker threads.
  */
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { getPriority } from 'node:os';
 import { openSqlite } from '../../src/sinks/audit/sqlite.js';
 import { beforeEach, describe, expect, it } from 'vitest';
@@ -12,6 +12,7 @@ import { AuditWriter } from '../../src/sinks/audit/audit-writer.js';
 import { openWriterConnection } from '../../src/sinks/audit/connection.js';
 import { auditTestHooks, recordToRow, rowValue, type AuditSink } from '../../src/sinks/audit/index.js';
 import { LOW_PRIORITY_NICE } from '../../src/thread-priority.js';
+import { threadNiceVisible, threadsAtNice } from '../thread-nice.js';
 import { fullRecord, recordingHealth, type TempDir } from './records.js';
 import { eventually, logLines, storedIdsAt, useAuditLogs } from './harness.js';
 
@@ -211,22 +212,6 @@ describe('a writer thread that dies', () => {
   });
 });
 
-/** Threads of this process at each nice value, from /proc (Linux). */
-function threadsAtNice(nice: number): number {
-  let n = 0;
-  for (const tid of readdirSync('/proc/self/task')) {
-    try {
-      // Fields after the command name (which may hold spaces): state is field 3, nice field 19.
-      const stat = readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
-      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      if (Number(fields[16]) === nice) n++;
-    } catch {
-      // The thread ended while listing.
-    }
-  }
-  return n;
-}
-
 const serveMarker = (path: string): unknown => {
   const db = openSqlite(path, { readonly: true });
   try {
@@ -236,10 +221,10 @@ const serveMarker = (path: string): unknown => {
   }
 };
 
-const linux = process.platform === 'linux' && existsSync('/proc/thread-self');
-if (!linux) console.log('writer thread priority tests skipped: they need Linux /proc/thread-self');
+if (!threadNiceVisible)
+  console.log('writer thread priority tests skipped: they need Linux /proc/thread-self');
 
-describe.skipIf(!linux)('writer thread priority (Linux)', () => {
+describe.skipIf(!threadNiceVisible)('writer thread priority (Linux)', () => {
   it('the writer thread runs at the lowest CPU priority; the event loop thread keeps its own', async () => {
     const before = threadsAtNice(LOW_PRIORITY_NICE);
     const audit = openLog();
@@ -299,6 +284,60 @@ describe.skipIf(!linux)('writer thread priority (Linux)', () => {
       expect(storedIds()).toHaveLength(55);
     },
   );
+});
+
+describe.skipIf(!threadNiceVisible)('a starved low-priority writer (Linux)', () => {
+  it('a job in flight past the starvation limit: the next jobs go to a thread at normal priority', async () => {
+    const before = threadsAtNice(LOW_PRIORITY_NICE);
+    const { lines, log } = logLines();
+    const health = recordingHealth();
+    const path = tmp.file('audit.db');
+    const audit = openLog({
+      health,
+      log,
+      flushIntervalMs: 5,
+      starvedAfterMs: 20,
+      minBackoffMs: 1,
+      maxBackoffMs: 5,
+    });
+    const first = auditTestHooks.writerThread(audit)!;
+    await eventually(() => expect(first.lowPriority).toBe(true));
+    // Another connection holds the write lock: each job waits out the writer's 50 ms busy timeout,
+    // longer than the 20 ms the test sets as starvation.
+    const locker = openSqlite(path);
+    locker.exec('BEGIN EXCLUSIVE');
+    const records = Array.from({ length: 5 }, () => fullRecord());
+    for (const r of records) audit.write(r);
+    await eventually(() => expect(auditTestHooks.writerThread(audit)).not.toBe(first));
+    locker.exec('ROLLBACK');
+    locker.close();
+    await audit.flush();
+    expect(storedIds()).toEqual(ids(records));
+    expect(health.dropped).toBe(0);
+    await eventually(() => expect(auditTestHooks.writerThread(audit)!.lowPriority).toBe(false));
+    const warned = lines.filter((l) => String(l['msg']).startsWith('audit writer fell behind'));
+    expect(warned.map((l) => l['reason'])).toEqual(['job_slow']);
+    await eventually(() => expect(threadsAtNice(LOW_PRIORITY_NICE)).toBe(before));
+  });
+
+  it('close() drains what is queued through a thread at normal priority, without a warning', async () => {
+    const before = threadsAtNice(LOW_PRIORITY_NICE);
+    const { lines, log } = logLines();
+    const path = tmp.file('audit.db');
+    const audit = openLog({ log });
+    const first = auditTestHooks.writerThread(audit)!;
+    await eventually(() => expect(first.lowPriority).toBe(true));
+    const records = Array.from({ length: 30 }, () => fullRecord());
+    for (const r of records) audit.write(r);
+    await audit.close();
+    expect(storedIds()).toEqual(ids(records));
+    const drained = auditTestHooks.writerThread(audit)!;
+    expect(drained).not.toBe(first);
+    expect(drained.lowPriority).toBe(false);
+    expect(lines.filter((l) => String(l['msg']).startsWith('audit writer fell behind'))).toEqual([]);
+    expect(serveMarker(path)).toBeUndefined();
+    expect(threadsAtNice(LOW_PRIORITY_NICE)).toBe(before);
+  });
 });
 
 describe('close() with the writer thread', () => {

@@ -11,6 +11,7 @@ import type Database from 'better-sqlite3';
 import type { RequestRecord } from '../../record.js';
 import type { Logger } from '../../log.js';
 import type { HealthCounters, Sink } from '../types.js';
+import { STARVED_AFTER_MS } from '../../thread-priority.js';
 import {
   AuditWriter,
   failureKind,
@@ -76,6 +77,8 @@ export interface AuditLogOptions {
   lingerMs?: number;
   /** Clock, for tests of retention. */
   now?: () => number;
+  /** Tests: a job in flight this long means a starved low-priority writer (default STARVED_AFTER_MS). */
+  starvedAfterMs?: number;
 }
 
 export interface AuditSink extends Sink {
@@ -140,6 +143,8 @@ interface InFlight {
   bodies: PendingBody[];
   /** Queue sequence number of its first row. */
   firstRow: number;
+  /** performance.now() when it was sent. */
+  sentAt: number;
 }
 
 interface FlushWaiter {
@@ -223,6 +228,7 @@ class AuditLog implements AuditSink {
    */
   private lowPriorityWriter = true;
   private readonly promoteAt: number;
+  private readonly starvedAfterMs: number;
   /** The replacement waits for the job in flight, which the old thread finishes. */
   private promotionPending = false;
   /** The replaced thread closing its connection: `close()` waits for it. */
@@ -253,6 +259,7 @@ class AuditLog implements AuditSink {
     this.capturing = opts.captureBodies && createRedactor(opts.redactPatterns) !== undefined;
     this.queue = new RingQueue<Row>(Math.max(1, Math.floor(opts.queueSize)));
     this.promoteAt = Math.max(1, Math.floor(this.queue.capacity / 2));
+    this.starvedAfterMs = opts.starvedAfterMs ?? STARVED_AFTER_MS;
     const startedAt = this.now();
 
     // Opening and migrating happen at startup, on this thread: errors here (schema too new,
@@ -286,6 +293,9 @@ class AuditLog implements AuditSink {
 
     this.flushTimer = setInterval(
       () => {
+        const job = this.inFlight;
+        if (this.lowPriorityWriter && job && performance.now() - job.sentAt >= this.starvedAfterMs)
+          this.promoteWriter('job_slow');
         if (this.queue.length > 0 || this.bodies.length > 0 || this.probeWanted) this.pump();
       },
       Math.max(1, opts.flushIntervalMs),
@@ -321,7 +331,7 @@ class AuditLog implements AuditSink {
       else this.dropped(1, 'queue_full');
     }
     this.reportDepth();
-    if (this.lowPriorityWriter && this.queue.length >= this.promoteAt) this.promoteWriter();
+    if (this.lowPriorityWriter && this.queue.length >= this.promoteAt) this.promoteWriter('queue_half_full');
     if (this.now() >= this.retryAt) {
       if (this.queue.length >= this.batchSize) this.scheduleSoon();
       else if (this.groupCommit()) this.scheduleLinger();
@@ -433,6 +443,9 @@ class AuditLog implements AuditSink {
    */
   private async closeOnce(): Promise<void> {
     this.closing = true;
+    // The drain must not wait on a thread that other work can starve: it runs at normal priority.
+    if (this.lowPriorityWriter && this.settled()) this.lowPriorityWriter = false;
+    else if (this.lowPriorityWriter) this.promoteWriter('closing');
     clearInterval(this.flushTimer);
     clearTimeout(this.lingerTimer);
     clearInterval(this.retentionTimer);
@@ -500,16 +513,20 @@ class AuditLog implements AuditSink {
   }
 
   /**
-   * The queue reached half its size behind a low-priority writer thread: from now on the writer
-   * runs at normal priority. An unprivileged thread cannot raise its own priority, so a new thread
-   * takes over (the old one finishes its job, closes its connection and leaves the serve marker).
+   * A low-priority writer thread fell behind: the queue reached half its size, or a job has been in
+   * flight for `starvedAfterMs` (other work keeps the cores busy); or `close()` drains what is
+   * queued. From now on the writer runs at normal priority. An unprivileged thread cannot raise
+   * its own priority, so a new thread takes over (the old one finishes its job, closes its
+   * connection and leaves the serve marker).
    */
-  private promoteWriter(): void {
+  private promoteWriter(reason: 'queue_half_full' | 'job_slow' | 'closing'): void {
     this.lowPriorityWriter = false;
     if (!(this.backend instanceof WriterThread) || this.backend.lowPriority === false) return;
-    this.log.warn('audit writer fell behind at low CPU priority; it runs at normal priority from now on', {
-      queued: this.queue.length,
-    });
+    if (reason !== 'closing')
+      this.log.warn('audit writer fell behind at low CPU priority; it runs at normal priority from now on', {
+        reason,
+        queued: this.queue.length,
+      });
     if (this.inFlight) this.promotionPending = true;
     else this.replaceWriterThread();
   }
@@ -563,6 +580,7 @@ class AuditLog implements AuditSink {
       evicted: 0,
       bodies,
       firstRow: this.enqueued - this.queue.length,
+      sentAt: performance.now(),
     };
     this.inFlight = inFlight;
     this.backend.run(job).then(
@@ -574,7 +592,7 @@ class AuditLog implements AuditSink {
   private onResult(f: InFlight, r: JobResult): void {
     if (this.inFlight !== f) return;
     this.inFlight = undefined;
-    if (this.promotionPending && !this.closing) this.replaceWriterThread();
+    if (this.promotionPending && !this.closed) this.replaceWriterThread();
     if (r.reopened) this.onReopened(r.reopened.otherSecret);
     let failed = false;
     const rec = r.records;
