@@ -222,9 +222,9 @@ class AuditLog implements AuditSink {
   private pendingPrune: number | undefined;
   private restarts = 0;
   /**
-   * New writer threads start at low CPU priority until the queue reaches `promoteAt`: the writer
-   * fell behind (a machine saturated by other work), so it is replaced by one at normal priority
-   * for the rest of the process (docs/audit.md, "Writer thread priority").
+   * New writer threads start at low CPU priority until the writer falls behind (`promoteWriter`:
+   * the queue at `promoteAt`, a job in flight for `starvedAfterMs`) or the log closes; then one at
+   * normal priority takes over for the rest of the process (docs/audit.md, "Writer thread priority").
    */
   private lowPriorityWriter = true;
   private readonly promoteAt: number;
