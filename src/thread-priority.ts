@@ -20,7 +20,7 @@ export const STARVED_AFTER_MS = 1000;
  * The calling thread's Linux thread id, from `/proc/thread-self` (a link to `<pid>/task/<tid>`),
  * or undefined off Linux or where /proc is not mounted.
  */
-export function currentThreadId(): number | undefined {
+function currentThreadId(): number | undefined {
   if (process.platform !== 'linux') return undefined;
   try {
     const tid = Number(readlinkSync('/proc/thread-self').split('/').pop());

@@ -223,11 +223,10 @@ class AuditLog implements AuditSink {
   private restarts = 0;
   /**
    * New writer threads start at low CPU priority until the writer falls behind (`promoteWriter`:
-   * the queue at `promoteAt`, a job in flight for `starvedAfterMs`) or the log closes; then one at
+   * the queue half full, a job in flight for `starvedAfterMs`) or the log closes; then one at
    * normal priority takes over for the rest of the process (docs/audit.md, "Writer thread priority").
    */
   private lowPriorityWriter = true;
-  private readonly promoteAt: number;
   private readonly starvedAfterMs: number;
   /** The replacement waits for the job in flight, which the old thread finishes. */
   private promotionPending = false;
@@ -258,7 +257,6 @@ class AuditLog implements AuditSink {
     // Built here only to refuse an invalid pattern at startup; the writer redacts with its own.
     this.capturing = opts.captureBodies && createRedactor(opts.redactPatterns) !== undefined;
     this.queue = new RingQueue<Row>(Math.max(1, Math.floor(opts.queueSize)));
-    this.promoteAt = Math.max(1, Math.floor(this.queue.capacity / 2));
     this.starvedAfterMs = opts.starvedAfterMs ?? STARVED_AFTER_MS;
     const startedAt = this.now();
 
@@ -284,7 +282,6 @@ class AuditLog implements AuditSink {
     };
     this.separateReader = opts.path !== ':memory:' && (opts.writer ?? 'thread') === 'thread';
     if (this.separateReader) {
-      this.setup.expectFile = fileIdentity(opts.path);
       this.reader = asReadConnection(conn.db, opts.path, WRITER_BUSY_TIMEOUT_MS);
       this.backend = this.startThread();
     } else {
@@ -331,7 +328,8 @@ class AuditLog implements AuditSink {
       else this.dropped(1, 'queue_full');
     }
     this.reportDepth();
-    if (this.lowPriorityWriter && this.queue.length >= this.promoteAt) this.promoteWriter('queue_half_full');
+    if (this.lowPriorityWriter && this.queue.length * 2 >= this.queue.capacity)
+      this.promoteWriter('queue_half_full');
     if (this.now() >= this.retryAt) {
       if (this.queue.length >= this.batchSize) this.scheduleSoon();
       else if (this.groupCommit()) this.scheduleLinger();
@@ -480,7 +478,7 @@ class AuditLog implements AuditSink {
   private startThread(): WriterBackend {
     try {
       return new WriterThread(
-        { ...this.setup, lowPriority: this.lowPriorityWriter },
+        { ...this.newWriterSetup(), lowPriority: this.lowPriorityWriter },
         (err) => this.onThreadGone(err),
         this.opts.writerThreadScript,
       );
@@ -504,7 +502,6 @@ class AuditLog implements AuditSink {
         error: err.message,
         queued: this.queue.length,
       });
-      this.setup.expectFile = this.fileLost ? undefined : fileIdentity(this.opts.path);
       this.backend = this.startThread();
     } else {
       this.backend = this.fallBackToMain(err.message);
@@ -534,9 +531,14 @@ class AuditLog implements AuditSink {
   private replaceWriterThread(): void {
     this.promotionPending = false;
     const old = this.backend;
-    this.setup.expectFile = this.fileLost ? undefined : fileIdentity(this.opts.path);
     this.backend = this.startThread();
     this.retired = old.close(MIN_THREAD_CLOSE_MS, true);
+  }
+
+  /** The setup of a writer starting now: it opens only the file this thread has at the path. */
+  private newWriterSetup(): WriterSetup {
+    this.setup.expectFile = this.fileLost ? undefined : fileIdentity(this.opts.path);
+    return { ...this.setup };
   }
 
   private fallBackToMain(error: string): WriterBackend {
@@ -547,8 +549,7 @@ class AuditLog implements AuditSink {
       'audit writer thread could not be started; writing on the main thread',
       { error, queued: this.queue.length },
     );
-    this.setup.expectFile = this.fileLost ? undefined : fileIdentity(this.opts.path);
-    return new InProcessWriter(new AuditWriter({ ...this.setup }));
+    return new InProcessWriter(new AuditWriter(this.newWriterSetup()));
   }
 
   /** Whether the connection(s) this thread knows of no longer name the file at the path. */
